@@ -1,0 +1,177 @@
+"""Posts, tags, rendered digests and the delivery ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import TYPE_CHECKING
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from newsletter.db import Base, UTCDateTime, created_ts, intpk, utcnow
+
+if TYPE_CHECKING:
+    from subscribers.models import Subscriber
+
+
+class Cadence(enum.StrEnum):
+    IMMEDIATE = "immediate"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    # Claimed by a send task; a lease (claimed_at) lets the sweeper take back a
+    # batch whose worker died without risking two live senders on one row.
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+def str_enum(enum_cls: type[enum.StrEnum], name: str) -> Enum:
+    """A portable enum column: VARCHAR plus a CHECK constraint, same on every backend."""
+    return Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+post_tags = Table(
+    "post_tags",
+    Base.metadata,
+    Column("post_id", ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag_id", ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+
+    id: Mapped[intpk]
+    slug: Mapped[str] = mapped_column(String(120), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[created_ts]
+
+    def __repr__(self) -> str:
+        return f"Tag({self.slug!r})"
+
+
+class Post(Base):
+    __tablename__ = "posts"
+
+    id: Mapped[intpk]
+    guid: Mapped[str] = mapped_column(String(512), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    url: Mapped[str] = mapped_column(String(2000))
+    author: Mapped[str | None] = mapped_column(String(255))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    # For display only: feeds back-date and re-date posts.
+    published_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # When the post reached the pipeline: what decides who is eligible for it.
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # Set once immediate readers were planned; NULL rows are found by the sweeper.
+    planned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    tags: Mapped[list[Tag]] = relationship(secondary=post_tags, lazy="selectin", order_by=Tag.slug)
+
+
+class Digest(Base):
+    """One rendered digest, shared by every reader who gets the same posts in the same cadence.
+
+    Bodies hold `@@NL_...@@` placeholders filled per reader by substitution.
+    """
+
+    __tablename__ = "digests"
+
+    id: Mapped[intpk]
+    content_key: Mapped[str] = mapped_column(String(64), unique=True)
+    cadence: Mapped[Cadence] = mapped_column(str_enum(Cadence, "cadence"))
+    post_ids: Mapped[list[int]] = mapped_column(JSON)
+    subject: Mapped[str] = mapped_column(String(500))
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[created_ts]
+
+
+class Delivery(Base):
+    """The ledger: one row per (subscriber, digest), and every outcome recorded on it."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "digest_id"),
+        Index("ix_deliveries_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[intpk]
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"), index=True)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        str_enum(DeliveryStatus, "delivery_status"), default=DeliveryStatus.QUEUED
+    )
+    skip_reason: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[created_ts]
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+    digest: Mapped[Digest] = relationship()
+    subscriber: Mapped[Subscriber] = relationship()
+    posts: Mapped[list[DeliveryPost]] = relationship(back_populates="delivery", lazy="selectin")
+
+    @property
+    def post_ids(self) -> list[int]:
+        return sorted(p.post_id for p in self.posts)
+
+
+class DeliveryPost(Base):
+    """A post promised to a subscriber: the primary key makes "never twice" a database fact."""
+
+    __tablename__ = "delivery_posts"
+
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
+    )
+    post_id: Mapped[int] = mapped_column(
+        ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+
+    delivery: Mapped[Delivery] = relationship(back_populates="posts")
+
+
+__all__ = [
+    "Cadence",
+    "Delivery",
+    "DeliveryPost",
+    "DeliveryStatus",
+    "Digest",
+    "Post",
+    "Tag",
+    "post_tags",
+]

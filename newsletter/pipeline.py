@@ -1,0 +1,65 @@
+"""One planning-and-sending pass, shared by beat's task, `digests run` and the demo."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from newsletter import planning, sending
+from newsletter.dispatch import send_task, tasks_run_in_process
+
+
+@dataclass
+class RunSummary:
+    plan: planning.PlanReport = field(default_factory=planning.PlanReport)
+    send: sending.SendReport = field(default_factory=sending.SendReport)
+    stranded: int = 0
+    batches: int = 0
+
+    def rows(self) -> list[tuple[str, int]]:
+        rows = [
+            ("subscribers due", self.plan.subscribers),
+            ("posts swept up", self.plan.posts_swept),
+            ("digests rendered", self.plan.digests_rendered),
+            ("digests reused", self.plan.digests_reused),
+            ("deliveries planned", len(self.plan.deliveries)),
+            ("deliveries picked up again", self.stranded),
+            ("sent", self.send.sent),
+            ("failed", self.send.failed),
+            ("deferred for retry", len(self.send.deferred)),
+        ]
+        rows += [(f"skipped: {reason}", n) for reason, n in sorted(self.plan.skipped.items())]
+        rows += [
+            (f"not sent: {reason}", n)
+            for reason, n in sorted(self.send.skipped.items())
+            if reason != "not_claimable"
+        ]
+        return rows
+
+
+def run_due(
+    now: dt.datetime | None = None,
+    on_total: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Plan what is due at `now`, pick up lost work, and send it (or hand it to workers)."""
+    in_process = tasks_run_in_process()
+    transport_factory = sending.smtp_transport_factory() if in_process else None
+    summary = RunSummary(plan=planning.plan_due(now))
+    stranded = set(planning.stranded_deliveries(now)) - set(summary.plan.deliveries)
+    summary.stranded = len(stranded)
+    batches = planning.batches(sorted(set(summary.plan.deliveries) | stranded))
+    summary.batches = len(batches)
+    if on_total:
+        on_total(sum(len(b) for b in batches))
+    for batch in batches:
+        if in_process:
+            summary.send.merge(
+                sending.send_batch(
+                    batch, now, transport_factory=transport_factory, on_progress=on_progress
+                )
+            )
+        else:
+            send_task("send_batch", batch)
+    return summary

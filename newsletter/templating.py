@@ -1,0 +1,41 @@
+"""Where the templates live and the Jinja2 environments that read them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+
+def templates_dir() -> Path:
+    """`newsletter/templates` in an installed wheel, the repository's `templates/` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "email").is_dir():
+            return candidate
+    raise RuntimeError("templates folder not found; reinstall the package")
+
+
+def format_date(value: dt.datetime) -> str:
+    return f"{value.day} {value:%b %Y}"
+
+
+def _autoescape(name: str | None) -> bool:
+    return name is not None and name.endswith((".html", ".mjml.j2", ".html.j2"))
+
+
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    """One environment for email and web: HTML and MJML escaped, plain text left alone."""
+    env = Environment(
+        loader=FileSystemLoader(templates_dir()),
+        autoescape=_autoescape,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+    env.filters["date"] = format_date
+    return env

@@ -1,0 +1,1 @@
+"""The web app: subscriber pages now, the admin API as it grows."""

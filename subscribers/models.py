@@ -1,0 +1,65 @@
+"""Subscribers and their tag preferences."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import secrets
+
+from sqlalchemy import Column, ForeignKey, Index, SmallInteger, String, Table
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from newsletter.db import Base, UTCDateTime, created_ts, intpk, utcnow
+from newsletter.models import Cadence, Tag, str_enum
+
+
+class SubscriberStatus(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+def new_uid() -> str:
+    """The random key that signed links carry, so no token holds a guessable id."""
+    return secrets.token_urlsafe(16)
+
+
+subscriber_tags = Table(
+    "subscriber_tags",
+    Base.metadata,
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag_id", ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+    __table_args__ = (Index("ix_subscribers_due", "status", "cadence", "next_digest_at"),)
+
+    id: Mapped[intpk]
+    uid: Mapped[str] = mapped_column(String(32), unique=True, default=new_uid)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[SubscriberStatus] = mapped_column(
+        str_enum(SubscriberStatus, "subscriber_status"), default=SubscriberStatus.ACTIVE
+    )
+    cadence: Mapped[Cadence] = mapped_column(str_enum(Cadence, "cadence"))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    send_hour: Mapped[int] = mapped_column(SmallInteger, default=8)
+    send_weekday: Mapped[int] = mapped_column(SmallInteger, default=0)
+    # Posts that reached the pipeline before this instant are never sent to them.
+    subscribed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Next daily/weekly slot in UTC; the planner picks rows whose slot has come.
+    next_digest_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    unsubscribed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[created_ts]
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    tags: Mapped[list[Tag]] = relationship(
+        secondary=subscriber_tags, lazy="selectin", order_by=Tag.slug
+    )
+
+    def __repr__(self) -> str:
+        return f"Subscriber({self.email!r}, {self.cadence.value})"

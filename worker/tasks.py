@@ -1,0 +1,47 @@
+"""Tasks: thin wrappers that call into `newsletter`; arguments are ids and plain JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from newsletter import pipeline, planning, sending
+from newsletter.dispatch import send_task
+from worker.celery_app import app
+
+log = logging.getLogger(__name__)
+
+
+def _dispatch(delivery_ids: list[int]) -> int:
+    batches = planning.batches(delivery_ids)
+    for batch in batches:
+        send_task("send_batch", batch)
+    return len(batches)
+
+
+@app.task(name="worker.tasks.post_published", acks_late=True)
+def post_published(post_id: int) -> dict[str, Any]:
+    """A post was committed: plan its immediate readers and hand their mail to senders."""
+    report = planning.plan_for_post(post_id)
+    batches = _dispatch(report.deliveries)
+    return {"deliveries": len(report.deliveries), "batches": batches, **report.skipped}
+
+
+@app.task(name="worker.tasks.plan_due_digests", acks_late=True)
+def plan_due_digests(now_iso: str | None = None) -> dict[str, Any]:
+    """Beat's job: sweep lost work, then plan daily/weekly readers whose hour has come."""
+    now = dt.datetime.fromisoformat(now_iso) if now_iso else None
+    summary = pipeline.run_due(now)
+    return dict(summary.rows())
+
+
+@app.task(name="worker.tasks.send_batch", bind=True, acks_late=True, max_retries=None)
+def send_batch(self: Any, delivery_ids: list[int]) -> dict[str, Any]:
+    """Send one batch over one SMTP connection; retry the deferred ones with backoff."""
+    report = sending.send_batch(delivery_ids)
+    if report.deferred and not self.request.is_eager:
+        # In-process runs leave deferred rows queued with next_attempt_at; the
+        # next `digests run` (or beat) picks them up instead of sleeping here.
+        raise self.retry(args=[report.deferred], countdown=report.retry_in)
+    return {"sent": report.sent, "failed": report.failed, "deferred": len(report.deferred)}
