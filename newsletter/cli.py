@@ -32,8 +32,9 @@ app.add_typer(tags_app, name="tags")
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(digests_app, name="digests")
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, scripts) gets wide tables instead of wrapped e-mail addresses.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,7 +145,9 @@ def posts_list(limit: int = 50) -> None:
 
 @tags_app.command("add")
 @user_errors
-def tags_add(names: Annotated[str, typer.Argument(help='One or more, e.g. "Politics, Health".')]) -> None:
+def tags_add(
+    names: Annotated[str, typer.Argument(help='One or more, e.g. "Politics, Health".')],
+) -> None:
     """Create tags so readers can follow them before any post carries them."""
     from newsletter.tags import get_or_create_tags, parse_tag_names
 

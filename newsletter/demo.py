@@ -6,7 +6,6 @@ database, so it can be run any number of times without touching real data.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import secrets
 import shutil
@@ -30,13 +29,21 @@ from subscribers.services import SubscriberInput, add_subscriber
 TAGS = "ResPublica, Public Services, Health, Climate, Technology, Local Politics"
 
 SUBSCRIBERS = [
-    SubscriberInput("ana.silva@example.org", "ResPublica, Local Politics", "immediate", "Ana Silva", "Europe/Lisbon"),
-    SubscriberInput("ben.okafor@example.org", "ResPublica", "immediate", "Ben Okafor", "Africa/Lagos"),
-    SubscriberInput("chloe.martin@example.org", "Health, Public Services", "daily", "Chloé Martin", "Europe/Paris", 8),
-    SubscriberInput("dev.patel@example.org", "Health, Public Services", "daily", "Dev Patel", "Europe/Paris", 8),
-    SubscriberInput("emma.jones@example.org", "Public Services", "daily", "Emma Jones", "America/New_York", 7),
-    SubscriberInput("farid.haddad@example.org", "Climate, Technology", "weekly", "Farid Haddad", "Asia/Dubai", 9, "monday"),
-    SubscriberInput("grace.lee@example.org", "Technology", "weekly", "", "Australia/Sydney", 9, "friday"),
+    # email, tags, cadence, name, time zone, local send hour, weekday
+    SubscriberInput("ana.silva@example.org", "ResPublica, Local Politics", "immediate",
+                    "Ana Silva", "Europe/Lisbon"),
+    SubscriberInput("ben.okafor@example.org", "ResPublica", "immediate",
+                    "Ben Okafor", "Africa/Lagos"),
+    SubscriberInput("chloe.martin@example.org", "Health, Public Services", "daily",
+                    "Chloé Martin", "Europe/Paris", 8),
+    SubscriberInput("dev.patel@example.org", "Health, Public Services", "daily",
+                    "Dev Patel", "Europe/Paris", 8),
+    SubscriberInput("emma.jones@example.org", "Public Services", "daily",
+                    "Emma Jones", "America/New_York", 7),
+    SubscriberInput("farid.haddad@example.org", "Climate, Technology", "weekly",
+                    "Farid Haddad", "Asia/Dubai", 9, "monday"),
+    SubscriberInput("grace.lee@example.org", "Technology", "weekly",
+                    "", "Australia/Sydney", 9, "friday"),
 ]  # fmt: skip
 
 POSTS = [
@@ -113,11 +120,11 @@ def run_demo(directory: Path, console: Console) -> None:
         with db.session_scope() as session:
             get_or_create_tags(session, parse_tag_names(TAGS))
         with db.session_scope() as session:
-            for data in SUBSCRIBERS:
-                add_subscriber(session, data)
-        for data in POSTS:
+            for reader in SUBSCRIBERS:
+                add_subscriber(session, reader)
+        for post in POSTS:
             with db.session_scope() as session:
-                add_post(session, data)
+                add_post(session, post)
         immediate = len(handler.messages)
         console.print(f"{len(POSTS)} posts added; {immediate} immediate digests sent")
 
@@ -134,9 +141,11 @@ def run_demo(directory: Path, console: Console) -> None:
 
 
 def _print_summary(console: Console, outbox: Path) -> None:
-    table = Table("subscriber", "cadence", "follows", "digests", "posts received", title="Who got what")
+    table = Table(
+        "subscriber", "cadence", "follows", "digests", "posts received", title="Who got what"
+    )
     with db.session_scope() as session:
-        titles = dict(session.execute(select(Post.id, Post.title)).tuples().all())
+        titles = {pid: title for pid, title in session.execute(select(Post.id, Post.title))}
         received: dict[int, list[int]] = defaultdict(list)
         counts: dict[int, int] = defaultdict(int)
         for delivery in session.scalars(

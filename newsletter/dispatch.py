@@ -43,7 +43,9 @@ def send_task(task: str, *args: Any) -> None:
         try:
             celery_app.tasks[name].apply(args=list(args)).get()
         except Exception as exc:
-            log.warning("%s%r did not finish: %s", task, args, exc, exc_info=not isinstance(exc, ValueError))
+            log.warning(
+                "%s%r did not finish: %s", task, args, exc, exc_info=not isinstance(exc, ValueError)
+            )
         return
     try:
         celery_app.send_task(name, args=list(args))

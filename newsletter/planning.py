@@ -22,7 +22,15 @@ from sqlalchemy.orm import Session
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.mail import new_message_id
-from newsletter.models import Cadence, Delivery, DeliveryPost, DeliveryStatus, Digest, Post, post_tags
+from newsletter.models import (
+    Cadence,
+    Delivery,
+    DeliveryPost,
+    DeliveryStatus,
+    Digest,
+    Post,
+    post_tags,
+)
 from newsletter.rendering import content_key, render_digest
 from subscribers.cadence import next_slot
 from subscribers.models import Subscriber, SubscriberStatus, subscriber_tags
@@ -123,7 +131,9 @@ def _digest_for(
     return digest.id
 
 
-def _plan_chunk(session: Session, subscribers: Sequence[Subscriber], now: dt.datetime) -> PlanReport:
+def _plan_chunk(
+    session: Session, subscribers: Sequence[Subscriber], now: dt.datetime
+) -> PlanReport:
     report = PlanReport(subscribers=len(subscribers))
     settings = get_settings()
     pending = pending_posts(session, [s.id for s in subscribers], now)

@@ -13,7 +13,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -41,8 +42,15 @@ log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
-    def __enter__(self) -> Transport: ...
-    def __exit__(self, *exc: object) -> None: ...
+    """What a sender needs: a session it can open and close, and `send`."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
     def send(self, message: OutgoingMessage) -> None: ...
 
 
@@ -197,7 +205,9 @@ def send_batch(
         if on_progress and len(sendable) < len(deliveries):
             on_progress(len(deliveries) - len(sendable))
         if sendable:
-            _send_all(session, sendable, digests, settings, now, report, transport_factory, on_progress)
+            _send_all(
+                session, sendable, digests, settings, now, report, transport_factory, on_progress
+            )
     finally:
         session.close()
     return report

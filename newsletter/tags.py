@@ -48,9 +48,7 @@ def get_or_create_tags(session: Session, names: dict[str, str]) -> list[Tag]:
     """The tags for these slugs, creating missing ones; safe against a concurrent insert."""
     if not names:
         return []
-    existing = {
-        t.slug: t for t in session.scalars(select(Tag).where(Tag.slug.in_(list(names))))
-    }
+    existing = {t.slug: t for t in session.scalars(select(Tag).where(Tag.slug.in_(list(names))))}
     for slug, name in names.items():
         if slug in existing:
             continue

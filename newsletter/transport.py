@@ -6,6 +6,7 @@ import smtplib
 import ssl
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from newsletter.errors import InvalidInput
@@ -77,12 +78,15 @@ class SmtpTransport:
         self.config = config
         self._smtp: smtplib.SMTP | None = None
 
-    def __enter__(self) -> SmtpTransport:
+    def __enter__(self) -> Self:
         self.open()
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -100,7 +104,9 @@ class SmtpTransport:
             if c.username:
                 smtp.login(c.username, c.password or "")
         except smtplib.SMTPAuthenticationError as exc:
-            raise ConnectionLost(f"SMTP login refused: {exc.smtp_code} {_reply(exc.smtp_error)}")
+            raise ConnectionLost(
+                f"SMTP login refused: {exc.smtp_code} {_reply(exc.smtp_error)}"
+            ) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise ConnectionLost(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
         self._smtp = smtp

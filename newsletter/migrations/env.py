@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 
 import subscribers.models  # noqa: F401  (registers the subscriber tables)
-from newsletter.db import Base, get_engine
 from newsletter import models  # noqa: F401
+from newsletter.db import Base, get_engine
 
 config = context.config
 engine = config.attributes.get("engine") or get_engine()

@@ -18,7 +18,9 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput) -> HTMLResponse:
-        return render_page("web/error.html", status_code=400, title="Link not valid", message=str(exc))
+        return render_page(
+            "web/error.html", status_code=400, title="Link not valid", message=str(exc)
+        )
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> HTMLResponse:

@@ -11,5 +11,7 @@ from newsletter.templating import environment
 
 
 def render_page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    html = environment().get_template(template).render(site_name=get_settings().site_name, **context)
+    html = (
+        environment().get_template(template).render(site_name=get_settings().site_name, **context)
+    )
     return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})

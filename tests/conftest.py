@@ -1,0 +1,155 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), a real SMTP server, settings.
+
+Every test that touches the database runs once per backend. The schema is made by
+the Alembic migrations, once per backend per session; each test leaves the tables
+empty for the next.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from newsletter import db
+from newsletter.config import get_settings
+from newsletter.outbox import OutboxHandler, OutboxServer
+
+PG_ADMIN_DSN = os.environ.get("NEWSLETTER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+TABLES = [
+    "delivery_posts",
+    "deliveries",
+    "digests",
+    "post_tags",
+    "subscriber_tags",
+    "posts",
+    "subscribers",
+    "tags",
+]
+
+BASE_ENV = {
+    "NEWSLETTER_ENV": "development",
+    "NEWSLETTER_SECRET_KEY": "test-secret-key-0123456789",
+    "NEWSLETTER_BASE_URL": "https://news.example.org",
+    "NEWSLETTER_FROM": "digest@news.example.org",
+    "NEWSLETTER_BROKER_URL": "",
+    "NEWSLETTER_SMTP_URL": "",
+}
+
+
+def apply_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """Set NEWSLETTER_* variables and make every cached consumer see them."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    from worker.celery_app import app, configure
+
+    configure(app)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    name = f"newsletter_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    db.upgrade(url)
+    yield url
+    db.dispose_engines()
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("sqlite") / "newsletter.db"
+    url = f"sqlite:///{path}"
+    db.upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+def truncate(url: str) -> None:
+    engine = db.get_engine(url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in TABLES:
+                conn.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Base settings with no database: for tests that need none."""
+    apply_env(monkeypatch, **BASE_ENV)
+    return dict(BASE_ENV)
+
+
+@pytest.fixture
+def app_env(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, settings_env: dict[str, str]
+) -> Iterator[str]:
+    """Settings pointing at an empty, migrated database (SQLite or PostgreSQL)."""
+    apply_env(monkeypatch, NEWSLETTER_DATABASE_URL=database_url)
+    yield database_url
+    truncate(database_url)
+
+
+class ScriptedHandler(OutboxHandler):
+    """A real SMTP server that can refuse chosen recipients the way real servers do.
+
+    `replies[address]` is a list of RCPT replies used one per attempt (the last one
+    repeats), e.g. ["451 4.3.0 try later", "250 OK"] or ["550 5.1.1 no such user"].
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: dict[str, list[str]] = {}
+        self.attempts: dict[str, int] = {}
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        script = self.replies.get(address)
+        if script:
+            n = self.attempts.get(address, 0)
+            self.attempts[address] = n + 1
+            reply = script[min(n, len(script) - 1)]
+            if not reply.startswith("250"):
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp(
+    monkeypatch: pytest.MonkeyPatch, settings_env: dict[str, str]
+) -> Iterator[ScriptedHandler]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, wired into the settings."""
+    handler = ScriptedHandler()
+    with OutboxServer(handler) as server:
+        apply_env(monkeypatch, NEWSLETTER_SMTP_URL=server.url)
+        yield handler
+
+
+@pytest.fixture
+def t0() -> dt.datetime:
+    """A fixed instant in the past: tests move the clock forward from here."""
+    return dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)  # a Monday
