@@ -49,6 +49,11 @@ def format_address(name: str, address: str) -> str:
 def _header(name: str, value: str) -> bytes:
     if has_line_break(value):
         raise HeaderInjection(f"line break in the {name} header")
+    line = f"{name}: {value}\r\n"
+    if value.isascii() and len(line) <= 998:
+        # Written as is: folding would RFC 2047-encode a long unbroken value such as
+        # List-Unsubscribe's URL, and mail clients do not decode that header.
+        return line.encode("ascii")
     folded: str = _POLICY.header_factory(name, value).fold(policy=_POLICY)
     return folded.encode("ascii")
 

@@ -175,3 +175,6 @@ __all__ = [
     "Tag",
     "post_tags",
 ]
+
+# Delivery refers to Subscriber by name: make sure it is mapped whenever models are.
+import subscribers.models  # noqa: E402, F401

@@ -6,6 +6,8 @@ import html
 import re
 from collections.abc import Mapping
 
+from markupsafe import Markup
+
 _PLACEHOLDER = re.compile(r"@@NL_([A-Z_]+)@@")
 
 FIELDS = frozenset({"GREETING", "TAGS", "REASON", "PREFERENCES_URL", "UNSUBSCRIBE_URL"})
@@ -17,8 +19,17 @@ def placeholder(field: str) -> str:
     return f"@@NL_{field}@@"
 
 
+def defuse(value: object) -> object:
+    """Break `@@` in content so a post cannot smuggle in a placeholder and, with it,
+    the reader's address or unsubscribe link. Placeholders themselves are Markup."""
+    if isinstance(value, str) and not isinstance(value, Markup) and "@@" in value:
+        return value.replace("@@", "@\u2060@")
+    return value
+
+
 def fill(template: str, values: Mapping[str, str], *, escape: bool) -> str:
     """Replace every placeholder in one pass; HTML bodies get escaped values."""
     if escape:
         values = {k: html.escape(v, quote=True) for k, v in values.items()}
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    # An unknown name is left as it is: text from a feed must never break a send.
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)

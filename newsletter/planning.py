@@ -136,6 +136,9 @@ def _plan_chunk(
 ) -> PlanReport:
     report = PlanReport(subscribers=len(subscribers))
     settings = get_settings()
+    # Row timestamps never lie in the future, even for a run at a future --now, so
+    # the sweeper's staleness checks keep working on the real clock.
+    stamp = min(now, utcnow())
     pending = pending_posts(session, [s.id for s in subscribers], now)
     groups: dict[tuple[Cadence, tuple[int, ...]], list[Subscriber]] = defaultdict(list)
     for subscriber in subscribers:
@@ -154,8 +157,8 @@ def _plan_chunk(
                 "status": DeliveryStatus.QUEUED,
                 "attempts": 0,
                 "message_id": new_message_id(settings.from_),
-                "created_at": now,
-                "updated_at": now,
+                "created_at": stamp,
+                "updated_at": stamp,
             }
             for s in members
         ]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from newsletter.personalize import defuse
+
 
 def templates_dir() -> Path:
     """`newsletter/templates` in an installed wheel, the repository's `templates/` in a checkout."""
@@ -36,6 +38,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,
+        finalize=defuse,
     )
     env.filters["date"] = format_date
     return env

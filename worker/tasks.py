@@ -12,6 +12,10 @@ from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 
+# Redis redelivers a delayed task that stays unacknowledged past the visibility
+# timeout (3600 s here); longer waits are left to the sweeper instead.
+MAX_COUNTDOWN = 3000
+
 
 def _dispatch(delivery_ids: list[int]) -> int:
     batches = planning.batches(delivery_ids)
@@ -40,8 +44,8 @@ def plan_due_digests(now_iso: str | None = None) -> dict[str, Any]:
 def send_batch(self: Any, delivery_ids: list[int]) -> dict[str, Any]:
     """Send one batch over one SMTP connection; retry the deferred ones with backoff."""
     report = sending.send_batch(delivery_ids)
-    if report.deferred and not self.request.is_eager:
-        # In-process runs leave deferred rows queued with next_attempt_at; the
-        # next `digests run` (or beat) picks them up instead of sleeping here.
+    if report.deferred and not self.request.is_eager and report.retry_in <= MAX_COUNTDOWN:
         raise self.retry(args=[report.deferred], countdown=report.retry_in)
+    # Otherwise the deferred rows wait, queued with next_attempt_at, for the sweeper
+    # in plan_due_digests (in-process runs: the next `digests run`).
     return {"sent": report.sent, "failed": report.failed, "deferred": len(report.deferred)}

@@ -255,3 +255,31 @@ def test_paused_reader_is_not_planned(smtp: ScriptedHandler, t0: dt.datetime) ->
         session.execute(update(Subscriber).where(Subscriber.id == sid).values(status="paused"))
     make_post("politics", now=t0 + HOUR)
     assert smtp.messages == [] and deliveries() == []
+
+
+def test_sending_cost_is_substitution_not_rendering(
+    smtp: ScriptedHandler, t0: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty readers in two distinct digests: MJML and premailer run twice, not forty times."""
+    import newsletter.rendering as rendering
+
+    calls = Counter[str]()
+    real_mjml, real_inline = rendering.mjml2html, rendering.inline_css
+
+    def counting_mjml(source: str, **options: object) -> str:
+        calls["mjml"] += 1
+        return str(real_mjml(source, **options))
+
+    def counting_inline(html: str) -> str:
+        calls["premailer"] += 1
+        return real_inline(html)
+
+    monkeypatch.setattr(rendering, "mjml2html", counting_mjml)
+    monkeypatch.setattr(rendering, "inline_css", counting_inline)
+    for n in range(40):
+        make_subscriber(f"r{n}@example.org", "politics" if n % 2 else "health", "daily", t0)
+    make_post("politics", now=t0 + HOUR)
+    make_post("health", now=t0 + HOUR)
+    summary = run_due(t0 + 24 * HOUR)
+    assert summary.send.sent == 40
+    assert calls == {"mjml": 2, "premailer": 2}
