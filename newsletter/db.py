@@ -68,6 +68,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     # WAL lets the web app read while a digest run writes.
     cursor.execute("PRAGMA journal_mode=WAL")
+    # With WAL, NORMAL still survives an application crash; only a power cut can
+    # lose the last commits. It makes the per-message outcome commit ~10x cheaper.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
