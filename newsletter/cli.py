@@ -26,11 +26,13 @@ posts_app = typer.Typer(no_args_is_help=True, help="Posts and their tags.")
 tags_app = typer.Typer(no_args_is_help=True, help="Tags readers can follow.")
 subscribers_app = typer.Typer(no_args_is_help=True, help="Subscribers and their preferences.")
 digests_app = typer.Typer(no_args_is_help=True, help="Planning and sending digests.")
+tokens_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the REST API.")
 app.add_typer(db_app, name="db")
 app.add_typer(posts_app, name="posts")
 app.add_typer(tags_app, name="tags")
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(digests_app, name="digests")
+app.add_typer(tokens_app, name="tokens")
 
 # Piped output (logs, scripts) gets wide tables instead of wrapped e-mail addresses.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -315,6 +317,53 @@ def digests_run(
     console.print(table)
     if settings.broker_url:
         console.print(f"{summary.batches} send batches handed to the workers", highlight=False)
+
+
+# -- tokens -----------------------------------------------------------------------
+
+
+@tokens_app.command("create")
+@user_errors
+def tokens_create(name: Annotated[str, typer.Argument(help="Who or what will use it.")]) -> None:
+    """Create an API token; it is printed once and stored only as a hash."""
+    from newsletter.apitokens import create_token
+
+    with db.session_scope() as session:
+        plain, row = create_token(session, name)
+        token_id = row.id
+    err_console.print(f"token #{token_id} for {name!r}; keep it now, it is not shown again:")
+    print(plain)
+
+
+@tokens_app.command("list")
+@user_errors
+def tokens_list() -> None:
+    """Every token, without its secret."""
+    from newsletter.apitokens import list_tokens
+
+    table = Table("id", "name", "prefix", "created", "last used", "revoked")
+    with db.session_scope() as session:
+        for t in list_tokens(session):
+            table.add_row(
+                str(t.id),
+                t.name,
+                t.prefix + "…",
+                f"{t.created_at:%Y-%m-%d %H:%M}",
+                f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "-",
+                f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "-",
+            )
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+@user_errors
+def tokens_revoke(token_id: int) -> None:
+    """Revoke a token at once."""
+    from newsletter.apitokens import revoke_token
+
+    with db.session_scope() as session:
+        revoke_token(session, token_id)
+    console.print(f"token #{token_id} revoked")
 
 
 # -- serve and demo ---------------------------------------------------------------

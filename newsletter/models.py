@@ -91,8 +91,52 @@ class Post(Base):
     # Set once immediate readers were planned; NULL rows are found by the sweeper.
     planned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # Where it came from: cli, api, webhook or feed (then feed_id says which).
+    source: Mapped[str] = mapped_column(String(16), default="cli")
+    feed_id: Mapped[int | None] = mapped_column(
+        ForeignKey("feeds.id", ondelete="SET NULL"), index=True
+    )
 
     tags: Mapped[list[Tag]] = relationship(secondary=post_tags, lazy="selectin", order_by=Tag.slug)
+
+
+class Feed(Base):
+    """An RSS/Atom feed polled for new posts, with what conditional GET needs."""
+
+    __tablename__ = "feeds"
+
+    id: Mapped[intpk]
+    url: Mapped[str] = mapped_column(String(2000), unique=True)
+    title: Mapped[str] = mapped_column(String(500), default="")
+    # Tags added to every post from this feed (a tag archive feed names one tag).
+    extra_tags: Mapped[str] = mapped_column(String(1000), default="")
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    poll_interval: Mapped[int] = mapped_column(Integer, default=900)
+    # The first poll imports the backlog as already published; this many of the
+    # newest backlog posts are mailed all the same.
+    mail_newest: Mapped[int] = mapped_column(Integer, default=0)
+    first_polled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_polled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    next_poll_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[created_ts]
+
+
+class ApiToken(Base):
+    """A bearer token for the REST API; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[intpk]
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters, so an admin can tell tokens apart without the secret.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[created_ts]
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class Digest(Base):

@@ -63,3 +63,40 @@ class Subscriber(Base):
 
     def __repr__(self) -> str:
         return f"Subscriber({self.email!r}, {self.cadence.value})"
+
+
+class SuppressionReason(enum.StrEnum):
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBED = "unsubscribed"
+    MANUAL = "manual"
+
+
+class Suppression(Base):
+    """An address we never mail again, whatever list it comes back on, until an admin
+    lifts it on purpose (the row is then deleted and the lift logged)."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[intpk]
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    reason: Mapped[SuppressionReason] = mapped_column(
+        str_enum(SuppressionReason, "suppression_reason")
+    )
+    detail: Mapped[str | None] = mapped_column(String(2000))
+    created_at: Mapped[created_ts]
+
+
+class SignupAttempt(Base):
+    """One sign-up request, kept briefly to rate-limit by IP and by address."""
+
+    __tablename__ = "signup_attempts"
+    __table_args__ = (
+        Index("ix_signup_attempts_ip_at", "ip", "created_at"),
+        Index("ix_signup_attempts_email_at", "email", "created_at"),
+    )
+
+    id: Mapped[intpk]
+    ip: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[created_ts]

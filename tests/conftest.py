@@ -32,7 +32,11 @@ TABLES = [
     "post_tags",
     "subscriber_tags",
     "posts",
+    "feeds",
     "subscribers",
+    "suppressions",
+    "signup_attempts",
+    "api_tokens",
     "tags",
 ]
 

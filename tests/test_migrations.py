@@ -1,0 +1,73 @@
+"""The migrations are the only way the schema is made: up, down and up again, with data."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import inspect, text
+
+from newsletter import db
+from newsletter.db import Base
+from tests.conftest import PG_ADMIN_DSN
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('mig')}/m.db"
+        return
+    name = f"newsletter_mig_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    db.get_engine(url).dispose()
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_upgrade_keeps_data_and_matches_models(empty_url: str) -> None:
+    db.upgrade(empty_url, "0001")
+    engine = db.get_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO posts (guid, title, url, summary, body_html, published_at, received_at, updated_at)"
+                " VALUES ('g', 'T', 'https://x.example/', '', '', :t, :t, :t)"
+            ),
+            {"t": "2026-01-01 00:00:00+00:00"},
+        )
+    db.upgrade(empty_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT source FROM posts")).scalar_one() == "cli"
+    tables = set(inspect(engine).get_table_names()) - {"alembic_version"}
+    assert tables == set(Base.metadata.tables)
+    db.upgrade(empty_url)  # a second upgrade is a no-op
+
+
+def test_downgrade_to_base_and_back(empty_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    db.upgrade(empty_url)
+    config = Config()
+    config.set_main_option("script_location", str(db.migrations_dir()))
+    config.attributes["engine"] = db.get_engine(empty_url)
+    command.downgrade(config, "base")
+    assert set(inspect(db.get_engine(empty_url)).get_table_names()) <= {"alembic_version"}
+    db.upgrade(empty_url)
+
+
+def test_models_and_migrations_agree(empty_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    db.upgrade(empty_url)
+    with db.get_engine(empty_url).connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
