@@ -60,40 +60,128 @@ def validate_url(url: str, what: str = "URL") -> str:
     return url
 
 
-def add_post(session: Session, data: PostInput, now: dt.datetime | None = None) -> Post:
-    """Store a new post and schedule its planning for after the commit.
+# A post imported as already published (a feed's backlog on its first poll): it is
+# marked planned at once and `planning.pending_posts` skips it, so nobody is mailed.
+SOURCE_BACKLOG = "backlog"
 
-    Raises InvalidInput, leaving the session untouched, for any bad field or a known guid.
-    """
-    now = now or utcnow()
+
+class DuplicatePost(InvalidInput):
+    """A post with this guid exists already: the API answers 409, the CLI exit status 2."""
+
+    def __init__(self, guid: str, post_id: int) -> None:
+        super().__init__(f"a post with guid {guid!r} already exists")
+        self.guid = guid
+        self.post_id = post_id
+
+
+@dataclass
+class CheckedPost:
+    """A PostInput after validation and sanitising: what gets stored."""
+
+    guid: str
+    title: str
+    url: str
+    tag_names: dict[str, str]
+    published_at: dt.datetime | None
+    body_html: str
+    summary: str
+    author: str | None
+
+
+def check_post(data: PostInput) -> CheckedPost:
+    """Validate and sanitise without touching the database; raises InvalidInput."""
     title = one_line(data.title, 500)
     if not title:
         raise InvalidInput("a post needs a title")
     url = validate_url(data.url, "post URL")
     tag_names = parse_tag_names(data.tags)
-    published_at = parse_datetime(data.published_at, now)
+    published_at = parse_datetime(data.published_at, utcnow()) if data.published_at else None
     guid = one_line(data.guid or url, 512)
-    if session.scalar(select(Post.id).where(Post.guid == guid)) is not None:
-        raise InvalidInput(f"a post with guid {guid!r} already exists")
     body_html = clean_html(data.body_html, base_url=url) if data.body_html else ""
     summary = html_to_text(data.summary) if data.summary else html_to_text(body_html)
     author = one_line(data.author, 255) if data.author else None
-
-    post = Post(
+    return CheckedPost(
         guid=guid,
         title=title,
         url=url,
-        author=author or None,
-        summary=_shorten(summary, SUMMARY_LENGTH),
-        body_html=body_html,
+        tag_names=tag_names,
         published_at=published_at,
-        received_at=now,
+        body_html=body_html,
+        summary=_shorten(summary, SUMMARY_LENGTH),
+        author=author or None,
     )
-    post.tags = get_or_create_tags(session, tag_names)
+
+
+def add_post(
+    session: Session,
+    data: PostInput,
+    now: dt.datetime | None = None,
+    *,
+    source: str = "cli",
+    feed_id: int | None = None,
+    announce: bool = True,
+) -> Post:
+    """Store a new post and schedule its planning for after the commit.
+
+    With `announce=False` the post is recorded as already planned and no task is
+    sent (backlog imports). Raises InvalidInput (DuplicatePost for a known guid),
+    leaving the session untouched, for any bad field.
+    """
+    now = now or utcnow()
+    checked = check_post(data)
+    existing = session.scalar(select(Post.id).where(Post.guid == checked.guid))
+    if existing is not None:
+        raise DuplicatePost(checked.guid, existing)
+
+    post = Post(
+        guid=checked.guid,
+        title=checked.title,
+        url=checked.url,
+        author=checked.author,
+        summary=checked.summary,
+        body_html=checked.body_html,
+        published_at=checked.published_at or now,
+        received_at=now,
+        planned_at=None if announce else now,
+        source=source,
+        feed_id=feed_id,
+    )
+    post.tags = get_or_create_tags(session, checked.tag_names)
     session.add(post)
     session.flush()
-    enqueue_after_commit(session, "post_published", post.id)
+    if announce:
+        enqueue_after_commit(session, "post_published", post.id)
     return post
+
+
+def update_post(session: Session, post: Post, data: PostInput) -> bool:
+    """Apply an edit to a stored post; True if anything changed.
+
+    An edit is never news: arrival time and planning stay as they were, so nobody
+    is mailed again. The guid is the post's identity and does not change; a missing
+    published date keeps the stored one.
+    """
+    checked = check_post(data)
+    changed = False
+    fields: dict[str, object] = {
+        "title": checked.title,
+        "url": checked.url,
+        "summary": checked.summary,
+        "body_html": checked.body_html,
+        "author": checked.author,
+    }
+    if checked.published_at is not None:
+        fields["published_at"] = checked.published_at
+    for name, value in fields.items():
+        if getattr(post, name) != value:
+            setattr(post, name, value)
+            changed = True
+    if {t.slug for t in post.tags} != set(checked.tag_names):
+        post.tags = get_or_create_tags(session, checked.tag_names)
+        changed = True
+    if changed:
+        session.flush()
+    return changed
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -39,6 +39,11 @@ def configure(app: Celery, settings: Settings | None = None) -> Celery:
                 "task": "worker.tasks.plan_due_digests",
                 "schedule": float(settings.plan_interval),
             },
+            # Each feed has its own interval; this is how often beat looks for due ones.
+            "poll-due-feeds": {
+                "task": "worker.tasks.poll_due_feeds",
+                "schedule": float(settings.feed_check_interval),
+            },
         },
     )
     return app

@@ -1,0 +1,1 @@
+"""RSS/Atom feeds: a guarded fetcher, feedparser mapping, and add/poll services."""
