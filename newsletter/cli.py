@@ -27,12 +27,16 @@ tags_app = typer.Typer(no_args_is_help=True, help="Tags readers can follow.")
 subscribers_app = typer.Typer(no_args_is_help=True, help="Subscribers and their preferences.")
 digests_app = typer.Typer(no_args_is_help=True, help="Planning and sending digests.")
 tokens_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the REST API.")
+suppressions_app = typer.Typer(no_args_is_help=True, help="Addresses that are never mailed.")
 app.add_typer(db_app, name="db")
 app.add_typer(posts_app, name="posts")
 app.add_typer(tags_app, name="tags")
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(digests_app, name="digests")
 app.add_typer(tokens_app, name="tokens")
+feeds_app = typer.Typer(no_args_is_help=True, help="RSS/Atom feeds polled for new posts.")
+app.add_typer(feeds_app, name="feeds")
+app.add_typer(suppressions_app, name="suppressions")
 
 # Piped output (logs, scripts) gets wide tables instead of wrapped e-mail addresses.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -252,6 +256,129 @@ def subscribers_remove(email: str) -> None:
     console.print(f"removed {email}", highlight=False)
 
 
+@subscribers_app.command("import")
+@user_errors
+def subscribers_import(
+    file: Annotated[
+        Path, typer.Argument(help="CSV: email,name,tags,cadence,timezone[,status,...]")
+    ],
+    dry_run: Annotated[bool, typer.Option(help="Report only; write nothing.")] = False,
+    create_tags: Annotated[bool, typer.Option(help="Create tags the file names.")] = False,
+) -> None:
+    """Import a CSV list; every rejected row is reported, and the exit status is 1 if any."""
+    from subscribers.lists import import_csv
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {str(file)!r}: {exc.strerror}") from None
+    with (
+        Progress(
+            TextColumn("importing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=not sys.stderr.isatty(),
+        ) as progress,
+        db.session_scope() as session,
+    ):
+        task = progress.add_task("import", total=max(data.count(b"\n"), 1))
+        report = import_csv(
+            session,
+            data,
+            dry_run=dry_run,
+            create_tags=create_tags,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    summary = Table("", "rows", title="import (dry run: nothing written)" if dry_run else "import")
+    for label, value in [
+        ("rows read", report.rows),
+        ("created" if not dry_run else "would be created", report.created),
+        ("updated" if not dry_run else "would be updated", report.updated),
+        ("unchanged", report.unchanged),
+        ("rejected", len(report.rejected)),
+    ]:
+        summary.add_row(label, str(value))
+    console.print(summary)
+    if report.rejected:
+        rejected = Table("line", "email", "reason", title="rejected rows")
+        for row in report.rejected:
+            rejected.add_row(str(row.line), row.email, row.reason)
+        err_console.print(rejected)
+        raise typer.Exit(1)
+
+
+@subscribers_app.command("export")
+@user_errors
+def subscribers_export(
+    file: Annotated[Path | None, typer.Argument(help="Where to write; stdout if omitted.")] = None,
+) -> None:
+    """Export every subscriber as CSV, in the format import reads."""
+    from subscribers.lists import export_csv
+
+    with db.session_scope() as session:
+        if file is None:
+            export_csv(session, sys.stdout)
+            return
+        try:
+            with file.open("w", encoding="utf-8", newline="") as out:
+                count = export_csv(session, out)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {str(file)!r}: {exc.strerror}") from None
+    err_console.print(f"exported {count} subscribers to {file}")
+
+
+@suppressions_app.command("list")
+@user_errors
+def suppressions_list() -> None:
+    """Addresses that get no mail, and why."""
+    from subscribers.suppression import list_all
+
+    table = Table("email", "reason", "since", "detail")
+    with db.session_scope() as session:
+        for row in list_all(session):
+            table.add_row(
+                row.email, row.reason.value, f"{row.created_at:%Y-%m-%d}", row.detail or ""
+            )
+    console.print(table)
+
+
+@suppressions_app.command("add")
+@user_errors
+def suppressions_add(
+    email: str,
+    reason: Annotated[
+        str, typer.Option(help="hard_bounce|complaint|unsubscribed|manual")
+    ] = "manual",
+) -> None:
+    """Stop all mail to an address (a complaint, a request by letter, ...)."""
+    from subscribers.models import SuppressionReason
+    from subscribers.services import normalize_email
+    from subscribers.suppression import suppress
+
+    try:
+        why = SuppressionReason(reason)
+    except ValueError:
+        raise InvalidInput(f"unknown reason {reason!r}") from None
+    with db.session_scope() as session:
+        suppress(session, normalize_email(email), why, "added by an admin")
+    console.print(f"{email} suppressed ({why.value})", highlight=False)
+
+
+@suppressions_app.command("lift")
+@user_errors
+def suppressions_lift(email: str) -> None:
+    """Allow mail to an address again, on purpose."""
+    from subscribers.services import normalize_email
+    from subscribers.suppression import lift
+
+    with db.session_scope() as session:
+        lift(session, normalize_email(email), by="an admin (CLI)")
+    console.print(f"{email} may be mailed again", highlight=False)
+
+
 # -- preview ----------------------------------------------------------------------
 
 
@@ -366,6 +493,154 @@ def tokens_revoke(token_id: int) -> None:
     console.print(f"token #{token_id} revoked")
 
 
+# -- feeds ------------------------------------------------------------------------
+
+
+def _poll_table(reports: list[Any]) -> Table:
+    table = Table("feed", "status", "mailed", "backlog", "updated", "unchanged", "skipped")
+    for r in reports:
+        state = "not modified" if r.not_modified else (str(r.status) if r.status else "-")
+        if r.error:
+            state = f"[red]failed[/] ({r.status or '-'})"
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(r.skipped.items())) or "-"
+        table.add_row(
+            r.url,
+            state,
+            str(len(r.new)),
+            str(r.backlog),
+            str(r.updated),
+            str(r.unchanged),
+            skipped,
+        )
+    return table
+
+
+def _report_errors(reports: list[Any]) -> None:
+    failed = [r for r in reports if r.error]
+    for r in failed:
+        err_console.print(f"[bold red]error:[/] {r.url}: {r.error}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@feeds_app.command("add")
+@user_errors
+def feeds_add(
+    url: Annotated[str, typer.Argument(help="The feed's http(s) URL.")],
+    tags: Annotated[
+        str, typer.Option(help="Tags added to every post of this feed, e.g. a tag archive's.")
+    ] = "",
+    interval: Annotated[int, typer.Option(help="Seconds between polls (60-604800).")] = 900,
+    mail_newest: Annotated[
+        int, typer.Option(help="Mail the newest N posts of the backlog all the same.")
+    ] = 0,
+    poll: Annotated[bool, typer.Option(help="Import the backlog now (else at first poll).")] = True,
+) -> None:
+    """Register a feed and import its backlog as already published: nobody is mailed.
+
+    The feed is fetched at once; if that fails nothing is added. Posts that appear
+    in later polls are new and go to their readers.
+    """
+    from newsletter.feeds import services as feeds
+
+    with db.session_scope() as session:
+        feed = feeds.add_feed(session, url, tags, interval, mail_newest)
+        feed_id, feed_url = feed.id, feed.url
+    if not poll:
+        console.print(f"added feed [bold]#{feed_id}[/] {feed_url}; first poll due now")
+        return
+    report = feeds.poll_feed(feed_id)
+    if report.error:
+        with db.session_scope() as session:
+            feeds.remove_feed(session, feed_id)
+        raise InvalidInput(f"feed not added: {report.error}")
+    console.print(
+        f"added feed [bold]#{feed_id}[/] {feed_url}: {report.backlog} posts imported as "
+        f"already published, {len(report.new)} mailed",
+        highlight=False,
+    )
+
+
+@feeds_app.command("poll")
+@user_errors
+def feeds_poll(
+    feed: Annotated[str | None, typer.Argument(help="A feed's id or URL.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Poll every feed, due or not.")] = False,
+) -> None:
+    """Poll the feeds that are due (or one feed, or --all); new posts go to their readers."""
+    from newsletter.feeds import services as feeds
+
+    if feed and all_:
+        raise InvalidInput("give one feed or --all, not both")
+    if feed:
+        with db.session_scope() as session:
+            ids = [feeds.find_feed(session, feed).id]
+    elif all_:
+        with db.session_scope() as session:
+            ids = [f.id for f in feeds.list_feeds(session)]
+    else:
+        ids = []
+    reports = [feeds.poll_feed(i) for i in ids] if (feed or all_) else feeds.poll_due()
+    if not reports:
+        console.print("no feed is due" if not all_ else "no feeds registered")
+        return
+    console.print(_poll_table(reports))
+    _report_errors(reports)
+
+
+@feeds_app.command("import")
+@user_errors
+def feeds_import(
+    file: Annotated[Path, typer.Argument(help="A saved RSS or Atom document.")],
+    tags: Annotated[str, typer.Option(help="Tags added to every imported post.")] = "",
+    mail_newest: Annotated[
+        int, typer.Option(help="Mail the newest N imported posts to their readers.")
+    ] = 0,
+) -> None:
+    """Import an exported feed from a file, as already published (known guids are skipped)."""
+    from newsletter.feeds import services as feeds
+
+    try:
+        content = file.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {str(file)!r}: {exc}") from None
+    report = feeds.import_document(content, str(file), tags, mail_newest)
+    console.print(_poll_table([report]))
+
+
+@feeds_app.command("list")
+@user_errors
+def feeds_list() -> None:
+    """Every feed with its last poll."""
+    from newsletter.feeds import services as feeds
+
+    table = Table("id", "url", "title", "tags", "every", "last poll", "status", "next poll")
+    with db.session_scope() as session:
+        for f in feeds.list_feeds(session):
+            table.add_row(
+                str(f.id),
+                f.url,
+                f.title,
+                f.extra_tags or "-",
+                f"{f.poll_interval} s",
+                f"{f.last_polled_at:%Y-%m-%d %H:%M}" if f.last_polled_at else "never",
+                (f"error: {f.last_error}" if f.last_error else str(f.last_status or "-")),
+                f"{f.next_poll_at:%Y-%m-%d %H:%M}" if f.next_poll_at else "-",
+            )
+    console.print(table)
+
+
+@feeds_app.command("remove")
+@user_errors
+def feeds_remove(feed: Annotated[str, typer.Argument(help="A feed's id or URL.")]) -> None:
+    """Stop polling a feed; the posts it brought stay."""
+    from newsletter.feeds import services as feeds
+
+    with db.session_scope() as session:
+        url = feeds.remove_feed(session, feed)
+    console.print(f"removed feed {url}", highlight=False)
+
+
 # -- serve and demo ---------------------------------------------------------------
 
 
@@ -393,3 +668,7 @@ def demo(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     site_name: str = "The Digest"
     secret_key: str = DEVELOPMENT_SECRET
     allow_private_feeds: bool = False
+    # Limits on one feed fetch: bytes read, seconds in all, redirects followed.
+    feed_max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    feed_timeout: float = Field(10.0, gt=0, le=120)
+    feed_max_redirects: int = Field(5, ge=0, le=20)
+    # How often beat looks for feeds whose own poll interval has come, in seconds.
+    feed_check_interval: int = Field(60, ge=10)
+    # Signs POST /hooks/posts; the endpoint answers 503 while it is unset.
+    webhook_secret: str | None = None
+    # How old (or how far ahead) a webhook's signed timestamp may be, in seconds.
+    webhook_tolerance: int = Field(300, ge=1)
     # Deliveries per send task: one SMTP connection and one task round trip serve
     # this many messages, small enough that a retry repeats little work.
     send_batch_size: int = Field(100, ge=1, le=5000)
@@ -41,8 +51,17 @@ class Settings(BaseSettings):
     # How often beat runs the planner and sweeper, in seconds.
     plan_interval: int = Field(300, ge=10)
     max_send_attempts: int = Field(8, ge=1)
+    # Unconfirmed sign-ups (and their confirmation links) expire after this long.
+    pending_ttl_hours: int = Field(48, ge=1)
+    # Preference links in emails stay valid this long; unsubscribe links never expire.
+    preferences_link_days: int = Field(180, ge=1)
+    # Sign-up requests allowed per hour, so the form cannot mail-bomb anyone.
+    signup_per_ip_per_hour: int = Field(20, ge=1)
+    signup_per_email_per_hour: int = Field(3, ge=1)
+    # Client IP from X-Forwarded-For, only behind a proxy you trust to set it.
+    trust_proxy: bool = False
 
-    @field_validator("broker_url", "smtp_url", mode="before")
+    @field_validator("broker_url", "smtp_url", "webhook_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -91,7 +91,8 @@ class Post(Base):
     # Set once immediate readers were planned; NULL rows are found by the sweeper.
     planned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-    # Where it came from: cli, api, webhook or feed (then feed_id says which).
+    # Where it came from: cli, api, webhook, feed (feed_id says which), import, or
+    # backlog: found on a feed's first poll, stored as already published, never mailed.
     source: Mapped[str] = mapped_column(String(16), default="cli")
     feed_id: Mapped[int | None] = mapped_column(
         ForeignKey("feeds.id", ondelete="SET NULL"), index=True

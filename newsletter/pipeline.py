@@ -7,7 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from newsletter import planning, sending
+from newsletter.db import session_scope
 from newsletter.dispatch import send_task, tasks_run_in_process
+from subscribers.signup import expire_pending
 
 
 @dataclass
@@ -16,6 +18,7 @@ class RunSummary:
     send: sending.SendReport = field(default_factory=sending.SendReport)
     stranded: int = 0
     batches: int = 0
+    expired_signups: int = 0
 
     def rows(self) -> list[tuple[str, int]]:
         rows = [
@@ -28,6 +31,7 @@ class RunSummary:
             ("sent", self.send.sent),
             ("failed", self.send.failed),
             ("deferred for retry", len(self.send.deferred)),
+            ("unconfirmed sign-ups expired", self.expired_signups),
         ]
         rows += [(f"skipped: {reason}", n) for reason, n in sorted(self.plan.skipped.items())]
         rows += [
@@ -47,6 +51,8 @@ def run_due(
     in_process = tasks_run_in_process()
     transport_factory = sending.smtp_transport_factory() if in_process else None
     summary = RunSummary(plan=planning.plan_due(now))
+    with session_scope() as session:
+        summary.expired_signups = expire_pending(session, now)
     stranded = set(planning.stranded_deliveries(now)) - set(summary.plan.deliveries)
     summary.stranded = len(stranded)
     batches = planning.batches(sorted(set(summary.plan.deliveries) | stranded))

@@ -31,9 +31,11 @@ from newsletter.models import (
     Post,
     post_tags,
 )
+from newsletter.posts import SOURCE_BACKLOG
 from newsletter.rendering import content_key, render_digest
 from subscribers.cadence import next_slot
 from subscribers.models import Subscriber, SubscriberStatus, subscriber_tags
+from subscribers.suppression import suppressed_among
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,10 @@ def pending_posts(
         .where(
             st.c.subscriber_id.in_(subscriber_ids),
             Post.received_at >= Subscriber.subscribed_at,
+            Post.received_at >= st.c.created_at,
             Post.received_at <= now,
+            # A feed's backlog was imported as already published: never mailed.
+            Post.source != SOURCE_BACKLOG,
             ~exists().where(
                 DeliveryPost.subscriber_id == st.c.subscriber_id, DeliveryPost.post_id == Post.id
             ),
@@ -140,9 +145,13 @@ def _plan_chunk(
     # the sweeper's staleness checks keep working on the real clock.
     stamp = min(now, utcnow())
     pending = pending_posts(session, [s.id for s in subscribers], now)
+    blocked = suppressed_among(session, [s.email for s in subscribers])
     groups: dict[tuple[Cadence, tuple[int, ...]], list[Subscriber]] = defaultdict(list)
     for subscriber in subscribers:
         posts = pending.get(subscriber.id)
+        if subscriber.email in blocked:
+            report.skipped["suppressed"] += 1
+            continue
         if not posts:
             report.skipped["nothing_new"] += 1
             continue

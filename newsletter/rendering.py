@@ -105,10 +105,16 @@ def render_digest(posts: Sequence[Post], cadence: Cadence) -> RenderedDigest:
         "site_name": settings.site_name,
         "slot": lambda name: Markup(placeholder(name)),
     }
+    return render_email("digest", context)
+
+
+def render_email(name: str, context: dict[str, Any]) -> RenderedDigest:
+    """Any email in `templates/email/<name>/`: subject, MJML body (inlined) and text body."""
+    context = {"site_name": get_settings().site_name, **context}
     env = environment()
-    mjml_source = env.get_template("email/digest/body.mjml.j2").render(context)
+    mjml_source = env.get_template(f"email/{name}/body.mjml.j2").render(context)
     # fonts={}: MRML would otherwise add a Google Fonts link for some font names.
     html = inline_css(mjml2html(mjml_source, fonts={}))
-    text = env.get_template("email/digest/body.txt.j2").render(context).strip() + "\n"
-    subject = " ".join(env.get_template("email/digest/subject.txt.j2").render(context).split())
+    text = env.get_template(f"email/{name}/body.txt.j2").render(context).strip() + "\n"
+    subject = " ".join(env.get_template(f"email/{name}/subject.txt.j2").render(context).split())
     return RenderedDigest(subject=subject, html=html, text=text)

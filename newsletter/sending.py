@@ -35,8 +35,9 @@ from newsletter.transport import (
     SmtpTransport,
     TemporaryFailure,
 )
-from subscribers.models import Subscriber, SubscriberStatus
+from subscribers.models import Subscriber, SubscriberStatus, SuppressionReason
 from subscribers.services import cadence_label
+from subscribers.suppression import suppress, suppressed_among
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +193,12 @@ def send_batch(
                 select(Digest).where(Digest.id.in_({d.digest_id for d in deliveries}))
             )
         }
+        blocked = suppressed_among(session, [d.subscriber.email for d in deliveries])
         sendable: list[Delivery] = []
         for delivery in deliveries:
             reason = _skip_reason(delivery.subscriber)
+            if reason is None and delivery.subscriber.email in blocked:
+                reason = "suppressed"
             if reason:
                 delivery.status = DeliveryStatus.SKIPPED
                 delivery.skip_reason = reason
@@ -234,7 +238,14 @@ def _send_all(
                         delivery, digests[delivery.digest_id], delivery.subscriber, settings
                     )
                     transport.send(message)
-                except (PermanentFailure, HeaderInjection) as exc:
+                except PermanentFailure as exc:
+                    # A 5xx for this address: never mail it again until an admin says so.
+                    _fail(delivery, str(exc))
+                    suppress(
+                        session, delivery.subscriber.email, SuppressionReason.HARD_BOUNCE, str(exc)
+                    )
+                    report.failed += 1
+                except HeaderInjection as exc:
                     _fail(delivery, str(exc))
                     report.failed += 1
                 except TemporaryFailure as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
@@ -17,24 +17,35 @@ def _serializer(purpose: Purpose) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(get_settings().secret_key, salt=f"newsletter.{purpose}")
 
 
-def make_token(purpose: Purpose, uid: str) -> str:
-    return _serializer(purpose).dumps(uid)
+def make_token(purpose: Purpose, payload: str | dict[str, Any]) -> str:
+    return _serializer(purpose).dumps(payload)
 
 
-def read_token(purpose: Purpose, token: str, max_age: int | None = None) -> str:
-    """The subscriber key in a token; InvalidInput if it was tampered with or has expired."""
+def _load(purpose: Purpose, token: str, max_age: int | None) -> Any:
     try:
-        uid = _serializer(purpose).loads(token, max_age=max_age)
+        return _serializer(purpose).loads(token, max_age=max_age)
     except SignatureExpired:
         raise InvalidInput("this link has expired") from None
     except BadSignature:
         raise InvalidInput("this link is not valid") from None
+
+
+def read_token(purpose: Purpose, token: str, max_age: int | None = None) -> str:
+    """The subscriber key in a token; InvalidInput if it was tampered with or has expired."""
+    uid = _load(purpose, token, max_age)
     if not isinstance(uid, str):
         raise InvalidInput("this link is not valid")
     return uid
 
 
-def link(purpose: Purpose, uid: str) -> str:
+def read_data(purpose: Purpose, token: str, max_age: int | None = None) -> dict[str, Any]:
+    """A token's structured payload (a confirmation carries the preferences asked for)."""
+    data = _load(purpose, token, max_age)
+    if not isinstance(data, dict) or not isinstance(data.get("u"), str):
+        raise InvalidInput("this link is not valid")
+    return data
+
+
+def link(purpose: Purpose, payload: str | dict[str, Any]) -> str:
     """The absolute URL of a subscriber's page for this purpose."""
-    path = {"unsubscribe": "unsubscribe", "preferences": "preferences", "confirm": "confirm"}
-    return f"{get_settings().public_base_url}/{path[purpose]}/{make_token(purpose, uid)}"
+    return f"{get_settings().public_base_url}/{purpose}/{make_token(purpose, payload)}"

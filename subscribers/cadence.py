@@ -21,14 +21,15 @@ def parse_cadence(value: str | Cadence) -> Cadence:
 
 
 @lru_cache(maxsize=1)
-def _zone_names() -> frozenset[str]:
+def zone_names() -> frozenset[str]:
+    """Every IANA zone this machine knows (from the tzdata package or the system)."""
     return frozenset(available_timezones())
 
 
 def parse_timezone(name: str) -> str:
     """An IANA zone name such as Europe/Lisbon; offsets and abbreviations are refused."""
     name = name.strip()
-    if name not in _zone_names() and name != "UTC":
+    if name not in zone_names() and name != "UTC":
         raise InvalidInput(f"unknown time zone {name!r}: use an IANA name like Europe/Lisbon")
     try:
         ZoneInfo(name)

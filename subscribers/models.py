@@ -30,6 +30,8 @@ subscriber_tags = Table(
     Base.metadata,
     Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
     Column("tag_id", ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True),
+    # A tag followed later only brings posts that arrived after it was followed.
+    Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
 )
 
 

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
 from newsletter.db import utcnow
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.models import Cadence
+from newsletter.models import Cadence, Tag
 from newsletter.tags import existing_tags, parse_tag_names
 from newsletter.text import has_line_break, one_line
+from subscribers import suppression
 from subscribers.cadence import next_slot, parse_cadence, parse_hour, parse_timezone, parse_weekday
-from subscribers.models import Subscriber, SubscriberStatus
+from subscribers.models import Subscriber, SubscriberStatus, SuppressionReason, subscriber_tags
 
 
 def normalize_email(raw: str) -> str:
@@ -28,11 +30,30 @@ def normalize_email(raw: str) -> str:
     """
     if has_line_break(raw):
         raise InvalidInput("invalid email address: it contains a line break")
+    candidate = raw.strip()
+    if _is_plain_address(candidate):
+        return candidate.lower()
     try:
         result = validate_email(raw.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidInput(f"invalid email address {raw.strip()!r}: {exc}") from None
     return result.normalized.lower()
+
+
+# Fast path for the common case (a CSV of 100,000 rows spends most of its time in
+# email_validator otherwise): plain ASCII dot-atom addresses under a public-looking
+# domain. It accepts a strict subset of what email_validator accepts; anything
+# else, internationalised addresses included, goes through email_validator.
+_PLAIN_ADDRESS = re.compile(
+    r"(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?=.{4,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,63})"
+)
+_SPECIAL_USE_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+
+
+def _is_plain_address(value: str) -> bool:
+    match = _PLAIN_ADDRESS.fullmatch(value)
+    return match is not None and match.group(1).lower() not in _SPECIAL_USE_TLDS
 
 
 @dataclass
@@ -66,6 +87,12 @@ def add_subscriber(
     tags = existing_tags(session, names)
     if session.scalar(select(Subscriber.id).where(Subscriber.email == email)) is not None:
         raise InvalidInput(f"{email} is already subscribed")
+    blocked = suppression.find(session, email)
+    if blocked is not None:
+        raise InvalidInput(
+            f"{email} is on the suppression list ({blocked.reason.value}); "
+            f"lift it first with `newsletter suppressions lift {email}`"
+        )
 
     subscriber = Subscriber(
         email=email,
@@ -79,10 +106,38 @@ def add_subscriber(
         confirmed_at=now if data.confirmed else None,
         next_digest_at=next_slot(cadence, timezone, hour, weekday, now),
     )
-    subscriber.tags = tags
     session.add(subscriber)
     session.flush()
+    set_tags(session, subscriber, tags, now)
     return subscriber
+
+
+def set_tags(
+    session: Session, subscriber: Subscriber, tags: Sequence[Tag], now: dt.datetime
+) -> None:
+    """Follow exactly these tags; a tag followed already keeps the date it was followed."""
+    wanted = {t.id for t in tags}
+    current = set(
+        session.scalars(
+            select(subscriber_tags.c.tag_id).where(subscriber_tags.c.subscriber_id == subscriber.id)
+        )
+    )
+    if current - wanted:
+        session.execute(
+            delete(subscriber_tags).where(
+                subscriber_tags.c.subscriber_id == subscriber.id,
+                subscriber_tags.c.tag_id.in_(current - wanted),
+            )
+        )
+    if wanted - current:
+        session.execute(
+            insert(subscriber_tags),
+            [
+                {"subscriber_id": subscriber.id, "tag_id": tag_id, "created_at": now}
+                for tag_id in sorted(wanted - current)
+            ],
+        )
+    session.expire(subscriber, ["tags"])
 
 
 def get_by_email(session: Session, email: str) -> Subscriber:
@@ -129,9 +184,11 @@ def by_uid(session: Session, uid: str) -> Subscriber:
 
 
 def unsubscribe(session: Session, subscriber: Subscriber, now: dt.datetime | None = None) -> None:
-    """Stop all mail at once: digests already planned are skipped at send time."""
+    """Stop all mail at once: digests already planned are skipped at send time, and the
+    address goes on the suppression list so no import brings it back."""
     if subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
         subscriber.status = SubscriberStatus.UNSUBSCRIBED
         subscriber.unsubscribed_at = now or utcnow()
         subscriber.next_digest_at = None
+    suppression.suppress(session, subscriber.email, SuppressionReason.UNSUBSCRIBED)
     session.flush()

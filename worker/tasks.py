@@ -6,8 +6,11 @@ import datetime as dt
 import logging
 from typing import Any
 
-from newsletter import pipeline, planning, sending
+from newsletter import pipeline, planning, sending, transactional
 from newsletter.dispatch import send_task
+from newsletter.errors import NotFound
+from newsletter.feeds import services as feeds
+from newsletter.transport import ConnectionLost, TemporaryFailure
 from worker.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -49,3 +52,45 @@ def send_batch(self: Any, delivery_ids: list[int]) -> dict[str, Any]:
     # Otherwise the deferred rows wait, queued with next_attempt_at, for the sweeper
     # in plan_due_digests (in-process runs: the next `digests run`).
     return {"sent": report.sent, "failed": report.failed, "deferred": len(report.deferred)}
+
+
+@app.task(
+    name="worker.tasks.send_transactional",
+    bind=True,
+    acks_late=True,
+    max_retries=5,
+    autoretry_for=(ConnectionLost, TemporaryFailure),
+    retry_backoff=30,
+)
+def send_transactional(
+    self: Any, kind: str, subscriber_id: int, extra: dict[str, Any] | None = None
+) -> str:
+    """A confirmation, welcome or notice email; transport trouble is retried with backoff."""
+    return transactional.send_transactional(kind, subscriber_id, extra)
+
+
+@app.task(name="worker.tasks.poll_due_feeds", acks_late=True)
+def poll_due_feeds() -> dict[str, Any]:
+    """Beat's job: hand every feed whose own poll interval has passed to a poll task."""
+    due = feeds.due_feeds()
+    for feed_id in due:
+        send_task("poll_feed", feed_id)
+    return {"feeds": len(due)}
+
+
+@app.task(name="worker.tasks.poll_feed", acks_late=True)
+def poll_feed(feed_id: int) -> dict[str, Any]:
+    """Poll one feed if it is still due (the claim makes a duplicate task a no-op)."""
+    try:
+        report = feeds.poll_feed(feed_id, force=False)
+    except NotFound:
+        return {"feed": feed_id, "missing": True}
+    return {
+        "feed": feed_id,
+        "status": report.status,
+        "new": len(report.new),
+        "backlog": report.backlog,
+        "updated": report.updated,
+        "error": report.error,
+        **report.skipped,
+    }

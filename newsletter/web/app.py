@@ -8,13 +8,16 @@ from fastapi.responses import HTMLResponse
 from newsletter import __version__
 from newsletter.config import get_settings
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.web import subscriber_pages
+from newsletter.web import api, hooks, subscriber_pages, subscribers_api
 from newsletter.web.rendering import render_page
 
 
 def create_app() -> FastAPI:
     app = FastAPI(title="Tag-digest newsletter", version=__version__)
     app.include_router(subscriber_pages.router)
+    app.include_router(subscribers_api.router)
+    app.include_router(api.router)
+    app.include_router(hooks.router)
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput) -> HTMLResponse:

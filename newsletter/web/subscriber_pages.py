@@ -1,23 +1,182 @@
-"""Pages a subscriber reaches from links in their email: unsubscribe and preferences."""
+"""Pages a reader uses on their own: sign up, confirm, preferences, unsubscribe."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import datetime as dt
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+from sqlalchemy import select
 
 from newsletter import tokens
+from newsletter.config import get_settings
+from newsletter.db import utcnow
+from newsletter.dispatch import send_task, tasks_run_in_process
+from newsletter.errors import InvalidInput
+from newsletter.models import Tag
+from newsletter.transactional import schedule_text, send_transactional
 from newsletter.web.deps import SessionDep
 from newsletter.web.rendering import render_page
-from subscribers import services
+from subscribers import services, signup
+from subscribers.cadence import WEEKDAYS, zone_names
+from subscribers.models import Subscriber, SubscriberStatus
 
-router = APIRouter()
+router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
+
+
+def _client_ip(request: Request) -> str:
+    if get_settings().trust_proxy:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        if forwarded:
+            return forwarded.split(",")[0].strip()[:64]
+    return request.client.host if request.client else "unknown"
+
+
+def _send_after_response(
+    background: BackgroundTasks, kind: str, subscriber_id: int, extra: dict[str, Any]
+) -> None:
+    """Mail goes out after the response, so every sign-up answer takes the same time."""
+    if tasks_run_in_process():
+        background.add_task(_send_quietly, kind, subscriber_id, extra)
+    else:
+        send_task("send_transactional", kind, subscriber_id, extra)
+
+
+def _send_quietly(kind: str, subscriber_id: int, extra: dict[str, Any]) -> None:
+    try:
+        send_transactional(kind, subscriber_id, extra)
+    except Exception:
+        log.exception("could not send %s email to subscriber #%d", kind, subscriber_id)
+
+
+def _choices_context(session: SessionDep, chosen: dict[str, Any]) -> dict[str, Any]:
+    settings = get_settings()
+    defaults = {
+        "email": "",
+        "name": "",
+        "tags": [],
+        "cadence": "weekly",
+        "timezone": "UTC",
+        "send_hour": settings.default_send_hour,
+        "send_weekday": settings.default_send_weekday,
+    }
+    return {
+        "all_tags": list(session.scalars(select(Tag).order_by(Tag.name))),
+        "zones": sorted(zone_names()),
+        "weekdays": WEEKDAYS,
+        "chosen": {**defaults, **{k: v for k, v in chosen.items() if v not in (None, "")}},
+    }
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+class ChoicesForm(BaseModel):
+    """The fields of `_choices.html`, as sign-up and preferences both post them."""
+
+    name: str = ""
+    tags: list[str] = []
+    cadence: str = "weekly"
+    timezone: str = "UTC"
+    send_hour: str | None = None
+    send_weekday: str | None = None
+
+    def preferences(self, session: SessionDep) -> signup.Preferences:
+        return signup.parse_preferences(
+            session, self.tags, self.cadence, self.timezone,
+            self.send_hour, self.send_weekday, self.name,
+        )  # fmt: skip
+
+    def chosen(self) -> dict[str, Any]:
+        """What to show again in the form after an error."""
+        return {
+            **self.model_dump(),
+            "send_hour": _int_or_none(self.send_hour),
+            "send_weekday": _int_or_none(self.send_weekday),
+        }
+
+
+class SubscribeForm(ChoicesForm):
+    email: str = ""
+
+
+class PreferencesForm(ChoicesForm):
+    action: str = "save"
+
+
+@router.get("/subscribe", response_class=HTMLResponse)
+def subscribe_page(session: SessionDep) -> HTMLResponse:
+    return render_page("web/subscribe.html", **_choices_context(session, {}))
+
+
+@router.post("/subscribe", response_class=HTMLResponse)
+def subscribe(
+    request: Request,
+    session: SessionDep,
+    background: BackgroundTasks,
+    form: Annotated[SubscribeForm, Form()],
+) -> HTMLResponse:
+    """The same page for a new, pending, known or suppressed address: nothing is revealed."""
+    try:
+        prefs = form.preferences(session)
+        result = signup.request_signup(session, form.email, prefs, _client_ip(request))
+    except InvalidInput as exc:
+        return render_page(
+            "web/subscribe.html", status_code=400, error=str(exc),
+            **_choices_context(session, form.chosen()),
+        )  # fmt: skip
+    except signup.RateLimited as exc:
+        session.commit()
+        return render_page("web/error.html", status_code=429, title="Slow down", message=str(exc))
+    session.commit()
+    if result.outcome is signup.Outcome.CONFIRM and result.subscriber_id is not None:
+        extra = {"confirm_url": result.confirm_url, "preferences": result.preferences}
+        _send_after_response(background, "confirm", result.subscriber_id, extra)
+    elif result.outcome is signup.Outcome.ALREADY and result.subscriber_id is not None:
+        _send_after_response(background, "already_subscribed", result.subscriber_id, {})
+    return render_page("web/check_inbox.html")
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse)
+def confirm_page(token: str, session: SessionDep) -> HTMLResponse:
+    """A page with a button: link scanners that fetch URLs must not confirm anyone."""
+    data = signup.read_confirmation(token)
+    names = list(
+        session.scalars(select(Tag.name).where(Tag.slug.in_(data.get("t", []))).order_by(Tag.slug))
+    )
+    schedule = schedule_text(
+        data.get("c", ""), data.get("h", 8), data.get("w", 0), data.get("z", "UTC")
+    )
+    return render_page("web/confirm.html", tag_names=names, schedule=schedule)
+
+
+@router.post("/confirm/{token}", response_class=HTMLResponse)
+def confirm(token: str, session: SessionDep, background: BackgroundTasks) -> HTMLResponse:
+    subscriber, changed = signup.confirm(session, token)
+    session.commit()
+    if changed:
+        _send_after_response(background, "welcome", subscriber.id, {})
+    return render_page(
+        "web/confirmed.html",
+        subscriber=subscriber,
+        schedule=schedule_text(
+            subscriber.cadence.value, subscriber.send_hour, subscriber.send_weekday,
+            subscriber.timezone,
+        ),
+        preferences_url=tokens.link("preferences", subscriber.uid),
+    )  # fmt: skip
 
 
 @router.get("/unsubscribe/{token}", response_class=HTMLResponse)
 def unsubscribe_page(token: str, session: SessionDep) -> HTMLResponse:
     """The link in the body: a confirmation page, so a link scanner cannot unsubscribe anyone."""
     subscriber = services.by_uid(session, tokens.read_token("unsubscribe", token))
-    if subscriber.status.value == "unsubscribed":
+    if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
         return render_page("web/unsubscribed.html", email=subscriber.email)
     return render_page("web/unsubscribe.html", email=subscriber.email)
 
@@ -31,11 +190,65 @@ def unsubscribe(token: str, session: SessionDep) -> HTMLResponse:
     return render_page("web/unsubscribed.html", email=subscriber.email)
 
 
-@router.get("/preferences/{token}", response_class=HTMLResponse)
-def preferences_page(token: str, session: SessionDep) -> HTMLResponse:
-    subscriber = services.by_uid(session, tokens.read_token("preferences", token))
+def _preferences_subscriber(session: SessionDep, token: str) -> Subscriber:
+    max_age = get_settings().preferences_link_days * 86400
+    return services.by_uid(session, tokens.read_token("preferences", token, max_age=max_age))
+
+
+def _preferences_page(
+    session: SessionDep, subscriber: Subscriber, status_code: int = 200, **extra: Any
+) -> HTMLResponse:
+    chosen = {
+        "name": subscriber.name,
+        "tags": [t.slug for t in subscriber.tags],
+        "cadence": subscriber.cadence.value,
+        "timezone": subscriber.timezone,
+        "send_hour": subscriber.send_hour,
+        "send_weekday": subscriber.send_weekday,
+        **extra.pop("chosen", {}),
+    }
     return render_page(
         "web/preferences.html",
+        status_code=status_code,
         subscriber=subscriber,
-        unsubscribe_url=tokens.link("unsubscribe", subscriber.uid),
+        unsubscribe_path=f"/unsubscribe/{tokens.make_token('unsubscribe', subscriber.uid)}",
+        **_choices_context(session, chosen),
+        **extra,
     )
+
+
+@router.get("/preferences/{token}", response_class=HTMLResponse)
+def preferences_page(token: str, session: SessionDep) -> HTMLResponse:
+    return _preferences_page(session, _preferences_subscriber(session, token))
+
+
+@router.post("/preferences/{token}", response_class=HTMLResponse)
+def update_preferences(
+    token: str,
+    session: SessionDep,
+    form: Annotated[PreferencesForm, Form()],
+) -> HTMLResponse:
+    subscriber = _preferences_subscriber(session, token)
+    now: dt.datetime = utcnow()
+    action = form.action
+    try:
+        if action == "pause":
+            signup.set_paused(session, subscriber, True, now)
+            message = "Digests paused. Nothing is sent until you resume."
+        elif action == "resume":
+            signup.set_paused(session, subscriber, False, now)
+            message = "Digests resumed."
+        elif action == "save":
+            if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+                raise InvalidInput("this address is unsubscribed; sign up again to get digests")
+            signup.apply_preferences(session, subscriber, form.preferences(session), now)
+            message = "Your preferences are saved."
+        else:
+            raise InvalidInput(f"unknown action {action!r}")
+    except InvalidInput as exc:
+        session.rollback()
+        subscriber = _preferences_subscriber(session, token)
+        return _preferences_page(session, subscriber, 400, error=str(exc), chosen=form.chosen())
+    session.commit()
+    session.refresh(subscriber)
+    return _preferences_page(session, subscriber, saved=message)

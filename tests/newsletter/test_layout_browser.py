@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,20 +22,11 @@ from newsletter.personalize import fill
 from newsletter.rendering import render_digest
 from newsletter.sending import personal_values
 from subscribers.models import Subscriber
+from tests.browser import ARTIFACTS, OUTSIDE_VIEWPORT_JS, launch_chromium
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 TAGS = {
     "python": Tag(id=1, slug="python", name="Python"),
@@ -123,48 +113,12 @@ def digest_html(settings_env: dict[str, str]) -> str:
 @contextmanager
 def chromium_page(width: int) -> Iterator[Page]:
     """A page in the system Chromium, `width` CSS pixels wide, with the network cut off."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(
-            "playwright is not installed: `pip install playwright` (it belongs in the "
-            "`test` extra); no `playwright install` is needed, the system Chromium is used",
-            pytrace=False,
+    with launch_chromium() as browser:
+        context = browser.new_context(
+            viewport={"width": width, "height": 800}, device_scale_factor=1
         )
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: `apt-get install chromium` "
-            "(the layout check needs a real browser)",
-            pytrace=False,
-        )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(
-                viewport={"width": width, "height": 800}, device_scale_factor=1
-            )
-            page = context.new_page()
-            yield page
-        finally:
-            browser.close()
+        yield context.new_page()
 
-
-# Every visible element whose box sticks out of the viewport, horizontally.
-_OUTSIDE = """
-() => {
-  const out = [];
-  const width = document.documentElement.clientWidth;
-  for (const el of document.body.querySelectorAll('*')) {
-    const r = el.getBoundingClientRect();
-    if (r.width === 0 || r.height === 0) continue;
-    if (r.left < -0.5 || r.right > width + 0.5) {
-      out.push(`${el.tagName}.${el.className} [${r.left.toFixed(1)}, ${r.right.toFixed(1)}]: `
-               + (el.textContent || '').trim().slice(0, 40));
-    }
-  }
-  return out;
-}
-"""
 
 # Font size and text of every visible element that directly holds text.
 _TEXT_SIZES = """
@@ -198,7 +152,7 @@ def check_layout(page: Page, html: str, width: int) -> None:
     # No horizontal scrolling, and nothing cut off at the right edge.
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     assert page.evaluate("document.body.scrollWidth") <= width
-    assert page.evaluate(_OUTSIDE) == []
+    assert page.evaluate(OUTSIDE_VIEWPORT_JS) == []
 
     for spec in POSTS:
         title = page.get_by_role("link", name=spec["title"], exact=True)
@@ -300,6 +254,6 @@ def test_long_words_tags_and_addresses_do_not_widen_the_phone_layout(
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "digest-320-long-words.png"), full_page=True)
         assert page.evaluate("document.documentElement.scrollWidth") <= 320
-        assert page.evaluate(_OUTSIDE) == []
+        assert page.evaluate(OUTSIDE_VIEWPORT_JS) == []
         button = page.get_by_role("link", name="Read more", exact=True)
         assert button.is_visible()

@@ -1,0 +1,107 @@
+"""One-off emails to one reader (confirm, welcome, already subscribed), through the same
+rendering and SMTP path as digests."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from newsletter import tokens
+from newsletter.config import get_settings
+from newsletter.db import session_scope
+from newsletter.mail import build_message, new_message_id
+from newsletter.models import Tag
+from newsletter.rendering import render_email
+from newsletter.sending import TransportFactory, smtp_transport_factory
+from subscribers import suppression
+from subscribers.cadence import WEEKDAYS
+from subscribers.models import Subscriber
+
+log = logging.getLogger(__name__)
+
+KINDS = frozenset({"confirm", "welcome", "already_subscribed"})
+
+
+def schedule_text(cadence: str, hour: int, weekday: int, timezone: str) -> str:
+    """'daily at 08:00 (Europe/Lisbon)', as a reader would say it."""
+    if cadence == "immediate":
+        return "as soon as they are published"
+    when = f"at {hour:02d}:00 ({timezone})"
+    if cadence == "weekly":
+        return f"weekly on {WEEKDAYS[weekday].capitalize()} {when}"
+    return f"daily {when}"
+
+
+def _context(
+    session: Session, kind: str, subscriber: Subscriber, extra: dict[str, Any]
+) -> dict[str, Any]:
+    if kind == "confirm":
+        # The preferences asked for, not the stored row: they apply only on click.
+        prefs = extra["preferences"]
+        names = session.scalars(select(Tag.name).where(Tag.slug.in_(prefs["t"])).order_by(Tag.slug))
+        return {
+            "name": prefs.get("n") or "",
+            "tags": list(names),
+            "schedule": schedule_text(prefs["c"], prefs["h"], prefs["w"], prefs["z"]),
+            "confirm_url": extra["confirm_url"],
+            "valid_hours": get_settings().pending_ttl_hours,
+        }
+    return {
+        "name": subscriber.name,
+        "tags": [t.name for t in subscriber.tags],
+        "schedule": schedule_text(
+            subscriber.cadence.value,
+            subscriber.send_hour,
+            subscriber.send_weekday,
+            subscriber.timezone,
+        ),
+        "preferences_url": tokens.link("preferences", subscriber.uid),
+        "unsubscribe_url": tokens.link("unsubscribe", subscriber.uid),
+    }
+
+
+def send_transactional(
+    kind: str,
+    subscriber_id: int,
+    extra: dict[str, Any] | None = None,
+    transport_factory: TransportFactory | None = None,
+) -> str:
+    """Send one email of `kind`; returns 'sent' or a named reason it was not sent.
+
+    Transport errors propagate so the task can retry them.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown email kind {kind!r}")
+    settings = get_settings()
+    with session_scope() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None:
+            return "subscriber_missing"
+        blocked = suppression.find(session, subscriber.email)
+        if blocked is not None and (kind != "confirm" or blocked.reason in suppression.BLOCKS_ALL):
+            return "suppressed"
+        rendered = render_email(kind, _context(session, kind, subscriber, extra or {}))
+        headers = {"Auto-Submitted": "auto-generated"}
+        if kind == "welcome":
+            unsubscribe = tokens.link("unsubscribe", subscriber.uid)
+            headers["List-Unsubscribe"] = f"<{unsubscribe}>"
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        message = build_message(
+            from_name=settings.from_name,
+            from_address=settings.from_,
+            to_name=subscriber.name,
+            to_address=subscriber.email,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            message_id=new_message_id(settings.from_),
+            headers=headers,
+        )
+    factory = transport_factory or smtp_transport_factory(settings)
+    with factory() as transport:
+        transport.send(message)
+    log.info("%s email sent to subscriber #%d", kind, subscriber_id)
+    return "sent"

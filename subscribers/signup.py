@@ -1,0 +1,245 @@
+"""Self-service: sign-up with double opt-in, confirmation, preference changes.
+
+A sign-up never reveals whether an address is known and never lets a stranger
+change anything: the preferences asked for travel inside the signed confirmation
+link, and only the owner of the mailbox can click it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from newsletter import tokens
+from newsletter.config import get_settings
+from newsletter.db import utcnow
+from newsletter.errors import InvalidInput
+from newsletter.models import Cadence, Tag
+from newsletter.text import one_line
+from subscribers import suppression
+from subscribers.cadence import next_slot, parse_cadence, parse_hour, parse_timezone, parse_weekday
+from subscribers.models import SignupAttempt, Subscriber, SubscriberStatus, SuppressionReason
+from subscribers.services import normalize_email, set_tags
+
+
+class RateLimited(Exception):
+    """Too many sign-ups from one client: answered with 429."""
+
+
+class Outcome(enum.StrEnum):
+    CONFIRM = "confirm"  # send a confirmation link carrying the preferences
+    ALREADY = "already"  # tell the owner they are subscribed, with their preferences link
+    NOTHING = "nothing"  # suppressed or rate-limited address: same page, no mail
+
+
+@dataclass
+class Preferences:
+    """What a reader asks for, validated; the same shape for sign-up and preferences."""
+
+    tags: list[Tag]
+    cadence: Cadence
+    timezone: str
+    send_hour: int
+    send_weekday: int
+    name: str = ""
+
+    def token_payload(self, uid: str) -> dict[str, Any]:
+        return {
+            "u": uid,
+            "t": [t.slug for t in self.tags],
+            "c": self.cadence.value,
+            "z": self.timezone,
+            "h": self.send_hour,
+            "w": self.send_weekday,
+            "n": self.name,
+        }
+
+
+@dataclass
+class SignupResult:
+    outcome: Outcome
+    subscriber_id: int | None = None
+    confirm_url: str | None = None
+    preferences: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_preferences(
+    session: Session,
+    tag_slugs: list[str],
+    cadence: str,
+    timezone: str,
+    send_hour: str | int | None,
+    send_weekday: str | int | None,
+    name: str = "",
+) -> Preferences:
+    """Validate a form's choices; tags must be existing ones, picked from the list."""
+    settings = get_settings()
+    slugs = sorted({s.strip() for s in tag_slugs if s.strip()})
+    if not slugs:
+        raise InvalidInput("choose at least one tag to follow")
+    tags = list(session.scalars(select(Tag).where(Tag.slug.in_(slugs)).order_by(Tag.slug)))
+    if len(tags) != len(slugs):
+        raise InvalidInput("one of the chosen tags does not exist")
+    return Preferences(
+        tags=tags,
+        cadence=parse_cadence(cadence),
+        timezone=parse_timezone(timezone or "UTC"),
+        send_hour=parse_hour(settings.default_send_hour if send_hour in (None, "") else send_hour),
+        send_weekday=parse_weekday(
+            settings.default_send_weekday if send_weekday in (None, "") else send_weekday
+        ),
+        name=one_line(name, 200),
+    )
+
+
+def _check_rate(session: Session, ip: str, email: str, now: dt.datetime) -> bool:
+    """Record the attempt; raise for a flooding client, False for a flooded address."""
+    settings = get_settings()
+    hour_ago = now - dt.timedelta(hours=1)
+    session.execute(
+        delete(SignupAttempt).where(SignupAttempt.created_at < now - dt.timedelta(days=1))
+    )
+    by_ip = session.scalar(
+        select(func.count()).where(SignupAttempt.ip == ip, SignupAttempt.created_at >= hour_ago)
+    )
+    if (by_ip or 0) >= settings.signup_per_ip_per_hour:
+        raise RateLimited("too many sign-ups from this network; try again in an hour")
+    by_email = session.scalar(
+        select(func.count()).where(
+            SignupAttempt.email == email, SignupAttempt.created_at >= hour_ago
+        )
+    )
+    session.add(SignupAttempt(ip=ip, email=email, created_at=now))
+    return (by_email or 0) < settings.signup_per_email_per_hour
+
+
+def request_signup(
+    session: Session, email: str, prefs: Preferences, ip: str, now: dt.datetime | None = None
+) -> SignupResult:
+    """Decide which mail (if any) answers a sign-up; the caller shows the same page always."""
+    now = now or utcnow()
+    address = normalize_email(email)
+    if not _check_rate(session, ip, address, now):
+        return SignupResult(Outcome.NOTHING)
+    blocked = suppression.find(session, address)
+    if blocked is not None and blocked.reason in suppression.BLOCKS_ALL:
+        return SignupResult(Outcome.NOTHING)
+    subscriber = session.scalar(select(Subscriber).where(Subscriber.email == address))
+    if subscriber is None:
+        subscriber = Subscriber(
+            email=address,
+            name=prefs.name,
+            status=SubscriberStatus.PENDING,
+            cadence=prefs.cadence,
+            timezone=prefs.timezone,
+            send_hour=prefs.send_hour,
+            send_weekday=prefs.send_weekday,
+            subscribed_at=now,
+            created_at=now,
+        )
+        session.add(subscriber)
+        session.flush()
+        set_tags(session, subscriber, prefs.tags, now)
+    elif subscriber.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PAUSED):
+        return SignupResult(Outcome.ALREADY, subscriber.id)
+    # New, still pending, or unsubscribed: the stored row is not changed here; the
+    # preferences asked for take effect only when the link is clicked.
+    payload = prefs.token_payload(subscriber.uid)
+    return SignupResult(
+        Outcome.CONFIRM, subscriber.id, tokens.link("confirm", payload), preferences=payload
+    )
+
+
+def read_confirmation(token: str) -> dict[str, Any]:
+    max_age = get_settings().pending_ttl_hours * 3600
+    return tokens.read_data("confirm", token, max_age=max_age)
+
+
+def confirm(
+    session: Session, token: str, now: dt.datetime | None = None
+) -> tuple[Subscriber, bool]:
+    """Activate the subscription with the preferences in the link.
+
+    Returns the subscriber and whether this click changed anything (a second click
+    on the same link is harmless and sends no second welcome).
+    """
+    now = now or utcnow()
+    data = read_confirmation(token)
+    subscriber = session.scalar(select(Subscriber).where(Subscriber.uid == data["u"]))
+    if subscriber is None:
+        raise InvalidInput("this link has expired")
+    blocked = suppression.find(session, subscriber.email)
+    if blocked is not None and blocked.reason in suppression.BLOCKS_ALL:
+        raise InvalidInput("this address cannot be subscribed; contact the publisher")
+    recent = now - dt.timedelta(hours=get_settings().pending_ttl_hours)
+    if (
+        subscriber.status is SubscriberStatus.ACTIVE
+        and subscriber.confirmed_at is not None
+        and subscriber.confirmed_at >= recent
+    ):
+        return subscriber, False
+    prefs = parse_preferences(
+        session, list(data.get("t", [])), data.get("c", "weekly"), data.get("z", "UTC"),
+        data.get("h"), data.get("w"), data.get("n", ""),
+    )  # fmt: skip
+    if blocked is not None and blocked.reason is SuppressionReason.UNSUBSCRIBED:
+        # The owner proved the address is theirs and asked again: lift their own block.
+        suppression.lift(session, subscriber.email, by="the subscriber, by confirming")
+    if subscriber.status is not SubscriberStatus.ACTIVE:
+        # Eligibility starts now: no backlog of what arrived while pending or away.
+        subscriber.subscribed_at = now
+    apply_preferences(session, subscriber, prefs, now)
+    subscriber.status = SubscriberStatus.ACTIVE
+    subscriber.confirmed_at = now
+    subscriber.unsubscribed_at = None
+    session.flush()
+    return subscriber, True
+
+
+def apply_preferences(
+    session: Session, subscriber: Subscriber, prefs: Preferences, now: dt.datetime
+) -> None:
+    if prefs.name:
+        subscriber.name = prefs.name
+    subscriber.cadence = prefs.cadence
+    subscriber.timezone = prefs.timezone
+    subscriber.send_hour = prefs.send_hour
+    subscriber.send_weekday = prefs.send_weekday
+    subscriber.next_digest_at = next_slot(
+        prefs.cadence, prefs.timezone, prefs.send_hour, prefs.send_weekday, now
+    )
+    set_tags(session, subscriber, prefs.tags, now)
+    session.flush()
+
+
+def set_paused(session: Session, subscriber: Subscriber, paused: bool, now: dt.datetime) -> None:
+    """Pause keeps the subscription but sends nothing; resuming does not send the backlog."""
+    if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+        raise InvalidInput("this address is unsubscribed; sign up again to get digests")
+    if paused:
+        subscriber.status = SubscriberStatus.PAUSED
+    elif subscriber.status is SubscriberStatus.PAUSED:
+        subscriber.status = SubscriberStatus.ACTIVE
+        subscriber.subscribed_at = now
+        subscriber.next_digest_at = next_slot(
+            subscriber.cadence, subscriber.timezone, subscriber.send_hour,
+            subscriber.send_weekday, now,
+        )  # fmt: skip
+    session.flush()
+
+
+def expire_pending(session: Session, now: dt.datetime | None = None) -> int:
+    """Forget sign-ups nobody confirmed in time."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(hours=get_settings().pending_ttl_hours)
+    result = session.execute(
+        delete(Subscriber).where(
+            Subscriber.status == SubscriberStatus.PENDING, Subscriber.created_at < cutoff
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

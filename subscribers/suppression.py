@@ -1,0 +1,68 @@
+"""The suppression list: addresses we never mail again until an admin lifts them.
+
+Hard bounces and complaints block every mail, confirmations included. An
+unsubscribe blocks digests and imports; the person may still sign up again through
+the form, and confirming that sign-up (proof they own the address) lifts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from newsletter.errors import NotFound
+from subscribers.models import Suppression, SuppressionReason
+
+log = logging.getLogger(__name__)
+
+# Reasons that even a sign-up confirmation must respect.
+BLOCKS_ALL = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.COMPLAINT})
+
+
+def find(session: Session, email: str) -> Suppression | None:
+    return session.scalar(select(Suppression).where(Suppression.email == email))
+
+
+def suppressed_among(session: Session, emails: Iterable[str]) -> dict[str, SuppressionReason]:
+    wanted = list(set(emails))
+    found: dict[str, SuppressionReason] = {}
+    for start in range(0, len(wanted), 1000):
+        rows = session.execute(
+            select(Suppression.email, Suppression.reason).where(
+                Suppression.email.in_(wanted[start : start + 1000])
+            )
+        )
+        found.update({email: reason for email, reason in rows})
+    return found
+
+
+def suppress(
+    session: Session, email: str, reason: SuppressionReason, detail: str | None = None
+) -> Suppression:
+    """Add (or keep) an address on the list; a bounce or complaint outranks an unsubscribe."""
+    row = find(session, email)
+    if row is None:
+        row = Suppression(email=email, reason=reason, detail=(detail or "")[:2000] or None)
+        session.add(row)
+    elif reason in BLOCKS_ALL and row.reason not in BLOCKS_ALL:
+        row.reason = reason
+        row.detail = (detail or "")[:2000] or None
+    session.flush()
+    return row
+
+
+def lift(session: Session, email: str, by: str = "admin") -> Suppression:
+    row = find(session, email)
+    if row is None:
+        raise NotFound(f"{email} is not on the suppression list")
+    log.warning("suppression of %s (%s) lifted by %s", email, row.reason.value, by)
+    session.delete(row)
+    session.flush()
+    return row
+
+
+def list_all(session: Session) -> list[Suppression]:
+    return list(session.scalars(select(Suppression).order_by(Suppression.created_at.desc())))
