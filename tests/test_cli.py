@@ -8,26 +8,11 @@ import email.policy
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
-from typer.testing import CliRunner
 
-from newsletter.cli import app
-from newsletter.db import session_scope
 from newsletter.models import Delivery, Post, Tag
 from subscribers.models import Subscriber
+from tests.cli_runner import count, run
 from tests.conftest import ScriptedHandler
-
-runner = CliRunner()
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def count(model: type) -> int:
-    with session_scope() as session:
-        return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
 @pytest.mark.usefixtures("app_env")

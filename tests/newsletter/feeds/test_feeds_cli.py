@@ -5,29 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
-from typer.testing import CliRunner
 
-from newsletter.cli import app
-from newsletter.db import session_scope
 from newsletter.models import Feed, Post
+from tests.cli_runner import count, run
 from tests.conftest import ScriptedHandler
 from tests.factories import make_subscriber
 from tests.newsletter.feeds.conftest import FIXTURES, FeedServer, fixture
 
 pytestmark = pytest.mark.usefixtures("app_env", "private_ok")
-
-runner = CliRunner()
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def count(model: type) -> int:
-    with session_scope() as session:
-        return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
 def test_add_imports_backlog_then_poll_mails_new_posts(
