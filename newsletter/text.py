@@ -1,4 +1,8 @@
-"""Plain-text hygiene for anything that may reach a header or a title."""
+"""Plain-text hygiene for anything that comes in from outside or may reach a header.
+
+Every way in (feeds, webhook, API, CLI, CSV, forms) passes text through these
+functions, so nothing stored can later break a rendering or a header.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,38 @@ import unicodedata
 _WS = re.compile(r"\s+")
 # C0/C1 controls (CR, LF, NUL, ...) never belong in a title, a name or a header.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# What XML 1.0 and HTML forbid in a document: C0 controls but tab, CR and LF; DEL
+# and the C1 controls; lone surrogates; and the noncharacters (U+FDD0-U+FDEF and
+# the last two code points of every plane). MRML refuses a template holding any of
+# them, so one such character in one post would stop that digest from rendering.
+_FORBIDDEN = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
+    + "]"
+)
+# Bidirectional embeddings, overrides and isolates: in a Subject or a display name
+# they reorder what the reader sees (an address or a link that reads backwards).
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+
+
+def clean_text(value: str) -> str:
+    """`value` without the characters XML 1.0 and HTML forbid; line breaks are kept."""
+    return _FORBIDDEN.sub("", value)
+
+
+def strip_bidi(value: str) -> str:
+    """`value` without bidirectional control characters (for headers and one-line text)."""
+    return _BIDI.sub("", value)
 
 
 def one_line(value: str, max_length: int | None = None) -> str:
     """Fold every run of white space or control characters into one space.
 
     Titles and names end up in Subject and To headers: a CR or LF there could
-    start a new header, so they are removed at the door, not just at sending.
+    start a new header, and a bidi override could disguise what the reader sees,
+    so they are removed at the door, not just at sending.
     """
-    value = unicodedata.normalize("NFC", value)
+    value = strip_bidi(unicodedata.normalize("NFC", clean_text(value)))
     value = _WS.sub(" ", _CONTROL.sub(" ", value)).strip()
     if max_length is not None and len(value) > max_length:
         value = value[: max_length - 1].rstrip() + "\u2026"
