@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from newsletter import db
-from newsletter.config import get_settings
+from newsletter.config import describe_errors, get_settings
 from newsletter.errors import InvalidInput, NotFound
 
 app = typer.Typer(no_args_is_help=True, help="Per-tag email digests on each reader's cadence.")
@@ -57,8 +58,10 @@ def user_errors(func: F) -> F:
             raise typer.Exit(2) from None
         except ValueError as exc:
             # Settings that fail validation (a bad environment variable) land here.
-            if type(exc).__name__ == "ValidationError":
-                err_console.print(f"[bold red]configuration error:[/] {exc}", highlight=False)
+            if isinstance(exc, ValidationError):
+                # Named variables and reasons only: the values may be secrets.
+                message = describe_errors(exc)
+                err_console.print(f"[bold red]configuration error:[/] {message}", highlight=False)
                 raise typer.Exit(2) from None
             raise
 
@@ -141,7 +144,7 @@ def posts_list(limit: int = 50) -> None:
                 ", ".join(t.name for t in p.tags),
                 f"{p.published_at:%Y-%m-%d %H:%M}",
                 f"{p.received_at:%Y-%m-%d %H:%M}",
-                "yes" if p.planned_at else "no",
+                f"failed: {p.failed_reason}" if p.failed_at else "yes" if p.planned_at else "no",
             )
     console.print(table)
 
@@ -442,6 +445,9 @@ def digests_run(
     for label, value in summary.rows():
         table.add_row(label, str(value))
     console.print(table)
+    # Failures are reported, not fatal: everything else went out, so the exit status stays 0.
+    for failure in summary.plan.failures:
+        err_console.print(f"[bold red]failed:[/] {failure}", highlight=False, soft_wrap=True)
     if settings.broker_url:
         console.print(f"{summary.batches} send batches handed to the workers", highlight=False)
 
@@ -580,7 +586,8 @@ def feeds_poll(
             ids = [f.id for f in feeds.list_feeds(session)]
     else:
         ids = []
-    reports = [feeds.poll_feed(i) for i in ids] if (feed or all_) else feeds.poll_due()
+    # One feed failing in any way is reported on its row; the others are still polled.
+    reports = feeds.poll_many(ids) if (feed or all_) else feeds.poll_due()
     if not reports:
         console.print("no feed is due" if not all_ else "no feeds registered")
         return
@@ -650,7 +657,22 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the web app (subscriber pages and API)."""
     import uvicorn
 
-    uvicorn.run("newsletter.web.app:create_app", factory=True, host=host, port=port)
+    from newsletter.config import settings_or_exit
+    from newsletter.web.app import server_log_config
+
+    # Bad settings stop the server here, not as an error on every request.
+    settings_or_exit()
+    uvicorn.run(
+        "newsletter.web.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        # The app decides who the client is (NEWSLETTER_TRUSTED_PROXIES); uvicorn's
+        # own default would believe X-Forwarded-For from any local peer.
+        proxy_headers=False,
+        forwarded_allow_ips="",
+        log_config=server_log_config(),
+    )
 
 
 @app.command("demo")

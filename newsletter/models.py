@@ -90,6 +90,10 @@ class Post(Base):
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     # Set once immediate readers were planned; NULL rows are found by the sweeper.
     planned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # Set when the post could not be rendered even alone: planning leaves it out
+    # (the rest of each digest still goes) until an edit clears it.
+    failed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    failed_reason: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     # Where it came from: cli, api, webhook, feed (feed_id says which), import, or
     # backlog: found on a feed's first poll, stored as already published, never mailed.

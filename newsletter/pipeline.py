@@ -27,9 +27,13 @@ class RunSummary:
             ("digests rendered", self.plan.digests_rendered),
             ("digests reused", self.plan.digests_reused),
             ("deliveries planned", len(self.plan.deliveries)),
+            ("posts that could not be rendered", len(self.plan.failed_posts)),
+            ("readers whose digest could not be rendered", self.plan.failed_deliveries),
+            ("planning errors", self.plan.planning_errors),
             ("deliveries picked up again", self.stranded),
             ("sent", self.send.sent),
             ("failed", self.send.failed),
+            ("sent, but the server's answer never came", self.send.unknown),
             ("deferred for retry", len(self.send.deferred)),
             ("unconfirmed sign-ups expired", self.expired_signups),
         ]

@@ -4,6 +4,11 @@ Planning writes the ledger (a Delivery per reader and digest, a DeliveryPost per
 post promised) in bounded chunks, one transaction each. The primary key of
 DeliveryPost (subscriber, post) makes a second promise of the same post impossible,
 so a re-run, a retried task or two planners racing can only ever add nothing.
+
+One bad item never stops the rest: a post that cannot be rendered is recorded as
+failed and left out (its digest goes without it), a digest that cannot be rendered
+at all is recorded as failed for its readers, and any other error in one chunk is
+logged and counted while planning goes on with the next.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from secrets import token_hex
 from typing import TypeVar
 
 from sqlalchemy import and_, exists, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
@@ -33,21 +39,37 @@ from newsletter.models import (
 )
 from newsletter.posts import SOURCE_BACKLOG
 from newsletter.rendering import content_key, render_digest
+from newsletter.text import one_line
 from subscribers.cadence import next_slot
 from subscribers.models import Subscriber, SubscriberStatus, subscriber_tags
 from subscribers.suppression import suppressed_among
 
 log = logging.getLogger(__name__)
 
-# A post not planned this long after it arrived is taken to have lost its task
-# (broker down at commit, worker killed) and is planned by the sweeper.
-UNPLANNED_GRACE = dt.timedelta(minutes=2)
-# A queued delivery untouched this long has lost its send task; re-enqueue it.
-STALE_QUEUED = dt.timedelta(minutes=10)
-# A claim older than this belongs to a worker that died mid-batch.
-SENDING_LEASE = dt.timedelta(minutes=15)
+
+def unplanned_grace() -> dt.timedelta:
+    """A post not planned this long after it arrived is taken to have lost its task
+    (broker down at commit, worker killed) and is planned by the sweeper."""
+    return dt.timedelta(seconds=get_settings().unplanned_grace)
+
+
+def stale_queued() -> dt.timedelta:
+    """A queued delivery untouched this long has lost its send task; re-enqueue it (a
+    second task for a row whose first one is only late finds nothing to claim)."""
+    return dt.timedelta(seconds=get_settings().stale_queued)
+
+
+def sending_lease() -> dt.timedelta:
+    """A claim older than this belongs to a worker that died mid-batch: a live sender
+    renews its claim every third of it (NEWSLETTER_SENDING_LEASE)."""
+    return dt.timedelta(seconds=get_settings().sending_lease)
+
 
 T = TypeVar("T")
+
+# The database itself is unreachable or busy: nothing else could be planned either,
+# so these end the run and the sweeper's next run picks the work up again.
+DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[list[T]]:
@@ -65,6 +87,14 @@ class PlanReport:
     digests_reused: int = 0
     posts_swept: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    # Posts that could not be rendered even alone: post id -> reason.
+    failed_posts: dict[int, str] = field(default_factory=dict)
+    # Readers whose digest could not be rendered although each post could.
+    failed_deliveries: int = 0
+    # Chunks or swept posts whose planning raised something else.
+    planning_errors: int = 0
+    # One line per failure of any kind, for the logs and the CLI summary.
+    failures: list[str] = field(default_factory=list)
 
     def merge(self, other: PlanReport) -> None:
         self.subscribers += other.subscribers
@@ -73,6 +103,28 @@ class PlanReport:
         self.digests_reused += other.digests_reused
         self.posts_swept += other.posts_swept
         self.skipped.update(other.skipped)
+        self.failed_posts.update(other.failed_posts)
+        self.failed_deliveries += other.failed_deliveries
+        self.planning_errors += other.planning_errors
+        self.failures.extend(other.failures)
+
+    def fail(self, message: str, exc: BaseException | None = None) -> None:
+        """Record a failure that planning went past; logged at ERROR so it alerts."""
+        log.error("%s", message, exc_info=exc)
+        self.failures.append(message)
+
+
+class RenderFailed(Exception):
+    """A digest could not be rendered; `reason` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line: its type and message."""
+    return one_line(f"{type(exc).__name__}: {exc}", 300)
 
 
 def pending_posts(
@@ -93,6 +145,8 @@ def pending_posts(
             Post.received_at <= now,
             # A feed's backlog was imported as already published: never mailed.
             Post.source != SOURCE_BACKLOG,
+            # A post that could not be rendered waits, unpromised, for an edit.
+            Post.failed_at.is_(None),
             ~exists().where(
                 DeliveryPost.subscriber_id == st.c.subscriber_id, DeliveryPost.post_id == Post.id
             ),
@@ -115,7 +169,10 @@ def _digest_for(
         report.digests_reused += 1
         return existing
     posts = list(session.scalars(select(Post).where(Post.id.in_(post_ids))))
-    rendered = render_digest(posts, cadence)
+    try:
+        rendered = render_digest(posts, cadence)
+    except Exception as exc:
+        raise RenderFailed(describe(exc)) from exc
     try:
         with session.begin_nested():
             digest = Digest(
@@ -136,11 +193,140 @@ def _digest_for(
     return digest.id
 
 
+def _plan_group(
+    session: Session,
+    cadence: Cadence,
+    post_ids: Sequence[int],
+    members: Sequence[Subscriber],
+    stamp: dt.datetime,
+    report: PlanReport,
+    renders_alone: set[tuple[Cadence, int]],
+) -> None:
+    """Promise these posts to these readers in one digest.
+
+    If the digest cannot be rendered, each post is rendered alone: those that fail
+    are recorded as failed and the rest are planned again without them, so readers
+    still get the good posts now. If every post renders alone, the group itself is
+    recorded as failed.
+    """
+    while True:
+        ids = [p for p in post_ids if p not in report.failed_posts]
+        if not ids:
+            report.skipped["only_failed_posts"] += len(members)
+            return
+        try:
+            digest_id = _digest_for(session, cadence, ids, report)
+        except RenderFailed as exc:
+            if _find_failed_posts(session, cadence, ids, stamp, report, renders_alone):
+                continue
+            _fail_group(session, cadence, ids, members, exc.reason, stamp, report)
+            return
+        report.deliveries.extend(
+            _promise(session, digest_id, ids, members, stamp, DeliveryStatus.QUEUED)
+        )
+        return
+
+
+def _find_failed_posts(
+    session: Session,
+    cadence: Cadence,
+    post_ids: Sequence[int],
+    stamp: dt.datetime,
+    report: PlanReport,
+    renders_alone: set[tuple[Cadence, int]],
+) -> bool:
+    """Render each post alone and record those that fail; True if any did."""
+    found = False
+    for post in session.scalars(select(Post).where(Post.id.in_(post_ids)).order_by(Post.id)):
+        if (cadence, post.id) in renders_alone:
+            continue
+        try:
+            render_digest([post], cadence)
+        except Exception as exc:
+            reason = describe(exc)
+            post.failed_at = stamp
+            post.failed_reason = reason
+            report.failed_posts[post.id] = reason
+            report.fail(f"post {post.id} could not be rendered and was left out: {reason}")
+            found = True
+        else:
+            renders_alone.add((cadence, post.id))
+    return found
+
+
+def _fail_group(
+    session: Session,
+    cadence: Cadence,
+    post_ids: Sequence[int],
+    members: Sequence[Subscriber],
+    reason: str,
+    stamp: dt.datetime,
+    report: PlanReport,
+) -> None:
+    """Every post renders alone but not together (a template problem, say): record the
+    readers' deliveries as failed, with their posts promised, so no run retries them."""
+    digest = Digest(
+        # A key no planner computes: nobody else is ever handed this empty digest.
+        content_key=token_hex(32),
+        cadence=cadence,
+        post_ids=list(post_ids),
+        subject="",
+        html="",
+        text="",
+    )
+    session.add(digest)
+    session.flush()
+    error = f"digest could not be rendered: {reason}"
+    failed = _promise(session, digest.id, post_ids, members, stamp, DeliveryStatus.FAILED, error)
+    report.failed_deliveries += len(failed)
+    report.fail(
+        f"digest of post(s) {', '.join(map(str, post_ids))} could not be rendered for "
+        f"{len(members)} reader(s): {reason}"
+    )
+
+
+def _promise(
+    session: Session,
+    digest_id: int,
+    post_ids: Sequence[int],
+    members: Sequence[Subscriber],
+    stamp: dt.datetime,
+    status: DeliveryStatus,
+    error: str | None = None,
+) -> list[int]:
+    """Write a Delivery per reader and a DeliveryPost per post promised; the new ids."""
+    sender = get_settings().from_
+    rows = [
+        {
+            "subscriber_id": s.id,
+            "digest_id": digest_id,
+            "status": status,
+            "attempts": 0,
+            "last_error": error,
+            "message_id": new_message_id(sender),
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        for s in members
+    ]
+    created = session.execute(
+        insert(Delivery).returning(Delivery.id, Delivery.subscriber_id), rows
+    ).all()
+    session.execute(
+        insert(DeliveryPost),
+        [
+            {"subscriber_id": subscriber_id, "post_id": post_id, "delivery_id": delivery_id}
+            for delivery_id, subscriber_id in created
+            for post_id in post_ids
+        ],
+    )
+    return [delivery_id for delivery_id, _ in created]
+
+
 def _plan_chunk(
     session: Session, subscribers: Sequence[Subscriber], now: dt.datetime
 ) -> PlanReport:
     report = PlanReport(subscribers=len(subscribers))
-    settings = get_settings()
     # Row timestamps never lie in the future, even for a run at a future --now, so
     # the sweeper's staleness checks keep working on the real clock.
     stamp = min(now, utcnow())
@@ -157,32 +343,9 @@ def _plan_chunk(
             continue
         groups[(subscriber.cadence, tuple(posts))].append(subscriber)
 
+    renders_alone: set[tuple[Cadence, int]] = set()
     for (cadence, post_ids), members in groups.items():
-        digest_id = _digest_for(session, cadence, post_ids, report)
-        rows = [
-            {
-                "subscriber_id": s.id,
-                "digest_id": digest_id,
-                "status": DeliveryStatus.QUEUED,
-                "attempts": 0,
-                "message_id": new_message_id(settings.from_),
-                "created_at": stamp,
-                "updated_at": stamp,
-            }
-            for s in members
-        ]
-        created = session.execute(
-            insert(Delivery).returning(Delivery.id, Delivery.subscriber_id), rows
-        ).all()
-        session.execute(
-            insert(DeliveryPost),
-            [
-                {"subscriber_id": subscriber_id, "post_id": post_id, "delivery_id": delivery_id}
-                for delivery_id, subscriber_id in created
-                for post_id in post_ids
-            ],
-        )
-        report.deliveries.extend(delivery_id for delivery_id, _ in created)
+        _plan_group(session, cadence, post_ids, members, stamp, report, renders_alone)
 
     # Daily and weekly readers move on to their next slot whether or not they got
     # anything: a post arriving later waits for that slot, as the reader chose.
@@ -199,31 +362,48 @@ def _plan_chunk(
 
 
 def plan_subscribers(subscriber_ids: Sequence[int], now: dt.datetime | None = None) -> PlanReport:
-    """Plan a digest for each of these subscribers that has anything new, chunk by chunk."""
+    """Plan a digest for each of these subscribers that has anything new, chunk by chunk.
+
+    A chunk that fails is rolled back, logged and counted, and the next one goes on;
+    only an unreachable database ends the run (nothing else could be planned).
+    """
     now = now or utcnow()
     report = PlanReport()
     for chunk in chunked(sorted(set(subscriber_ids)), get_settings().plan_chunk_size):
-        for attempt in range(3):
-            try:
-                with session_scope() as session:
-                    subscribers = list(
-                        session.scalars(
-                            select(Subscriber).where(
-                                Subscriber.id.in_(chunk),
-                                Subscriber.status == SubscriberStatus.ACTIVE,
-                            )
+        try:
+            report.merge(_plan_ids(chunk, now))
+        except DATABASE_DOWN:
+            raise
+        except Exception as exc:
+            report.planning_errors += 1
+            report.fail(
+                f"planning {len(chunk)} reader(s) (ids {chunk[0]} to {chunk[-1]}) failed: "
+                f"{describe(exc)}",
+                exc,
+            )
+    return report
+
+
+def _plan_ids(chunk: Sequence[int], now: dt.datetime) -> PlanReport:
+    """Plan one chunk in one transaction, again if it raced with another planner."""
+    for attempt in range(3):
+        try:
+            with session_scope() as session:
+                subscribers = list(
+                    session.scalars(
+                        select(Subscriber).where(
+                            Subscriber.id.in_(chunk),
+                            Subscriber.status == SubscriberStatus.ACTIVE,
                         )
                     )
-                    chunk_report = _plan_chunk(session, subscribers, now)
-                report.merge(chunk_report)
-                break
-            except IntegrityError:
-                # A concurrent planner promised some of these posts first; the
-                # retry sees its rows and plans only what is still missing.
-                log.info("planning chunk raced with another planner (try %d)", attempt + 1)
-        else:
-            raise RuntimeError("planning kept racing with another planner")
-    return report
+                )
+                report = _plan_chunk(session, subscribers, now)
+            return report
+        except IntegrityError:
+            # A concurrent planner promised some of these posts first; the
+            # retry sees its rows and plans only what is still missing.
+            log.info("planning chunk raced with another planner (try %d)", attempt + 1)
+    raise RuntimeError("planning kept racing with another planner")
 
 
 def plan_for_post(post_id: int, now: dt.datetime | None = None) -> PlanReport:
@@ -250,12 +430,18 @@ def plan_for_post(post_id: int, now: dt.datetime | None = None) -> PlanReport:
                 .distinct()
             )
         )
+    # Failures inside are recorded in the report; the post is marked planned all the
+    # same, so the sweeper does not meet it again on every run.
     report = plan_subscribers(subscriber_ids, max(now, received_at))
+    _mark_planned(post_id, now)
+    return report
+
+
+def _mark_planned(post_id: int, now: dt.datetime) -> None:
     with session_scope() as session:
         session.execute(
             update(Post).where(Post.id == post_id, Post.planned_at.is_(None)).values(planned_at=now)
         )
-    return report
 
 
 def unplanned_posts(now: dt.datetime) -> list[int]:
@@ -263,7 +449,7 @@ def unplanned_posts(now: dt.datetime) -> list[int]:
         return list(
             session.scalars(
                 select(Post.id)
-                .where(Post.planned_at.is_(None), Post.received_at <= now - UNPLANNED_GRACE)
+                .where(Post.planned_at.is_(None), Post.received_at <= now - unplanned_grace())
                 .order_by(Post.id)
             )
         )
@@ -287,7 +473,14 @@ def plan_due(now: dt.datetime | None = None) -> PlanReport:
     now = now or utcnow()
     report = PlanReport()
     for post_id in unplanned_posts(now):
-        report.merge(plan_for_post(post_id, now))
+        try:
+            report.merge(plan_for_post(post_id, now))
+        except DATABASE_DOWN:
+            raise
+        except Exception as exc:
+            report.planning_errors += 1
+            report.fail(f"planning swept post {post_id} failed: {describe(exc)}", exc)
+            _mark_planned(post_id, now)
         report.posts_swept += 1
     report.merge(plan_subscribers(due_subscribers(now), now))
     return report
@@ -308,13 +501,13 @@ def stranded_deliveries(now: dt.datetime | None = None) -> list[int]:
                                 Delivery.next_attempt_at <= now,
                                 and_(
                                     Delivery.next_attempt_at.is_(None),
-                                    Delivery.created_at <= now - STALE_QUEUED,
+                                    Delivery.created_at <= now - stale_queued(),
                                 ),
                             ),
                         ),
                         and_(
                             Delivery.status == DeliveryStatus.SENDING,
-                            Delivery.claimed_at <= now - SENDING_LEASE,
+                            Delivery.claimed_at <= now - sending_lease(),
                         ),
                     )
                 )

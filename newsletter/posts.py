@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,7 +14,8 @@ from newsletter.errors import InvalidInput
 from newsletter.models import Post
 from newsletter.sanitize import clean_html, html_to_text
 from newsletter.tags import get_or_create_tags, parse_tag_names
-from newsletter.text import one_line
+from newsletter.text import first_unsafe_char, one_line
+from newsletter.urls import split_url
 
 SUMMARY_LENGTH = 400
 
@@ -51,9 +51,16 @@ def parse_datetime(value: str | dt.datetime | None, default: dt.datetime) -> dt.
 
 
 def validate_url(url: str, what: str = "URL") -> str:
+    """An absolute http(s) URL, refused (not repaired) when it holds a control character:
+    a link silently changed would point somewhere its author never wrote."""
     url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.netloc or any(c in url for c in " \r\n"):
+    unsafe = first_unsafe_char(url)
+    if unsafe is not None:
+        raise InvalidInput(
+            f"{what} holds the control or non-character {unsafe}, which no URL may contain"
+        )
+    parts = split_url(url, what)
+    if parts.scheme not in {"http", "https"} or not parts.netloc or " " in url:
         raise InvalidInput(f"{what} must be an absolute http(s) URL, got {url!r}")
     if len(url) > 2000:
         raise InvalidInput(f"{what} is longer than 2000 characters")
@@ -159,7 +166,9 @@ def update_post(session: Session, post: Post, data: PostInput) -> bool:
 
     An edit is never news: arrival time and planning stay as they were, so nobody
     is mailed again. The guid is the post's identity and does not change; a missing
-    published date keeps the stored one.
+    published date keeps the stored one. A post that could not be rendered was
+    promised to nobody: an edit clears the failure and announces it again, so it
+    goes out in each reader's next digest.
     """
     checked = check_post(data)
     changed = False
@@ -179,9 +188,19 @@ def update_post(session: Session, post: Post, data: PostInput) -> bool:
     if {t.slug for t in post.tags} != set(checked.tag_names):
         post.tags = get_or_create_tags(session, checked.tag_names)
         changed = True
+    if changed and post.failed_at is not None:
+        _retry_failed(session, post)
     if changed:
         session.flush()
     return changed
+
+
+def _retry_failed(session: Session, post: Post) -> None:
+    """Clear a render failure after an edit and plan the post's immediate readers again."""
+    post.failed_at = None
+    post.failed_reason = None
+    post.planned_at = None
+    enqueue_after_commit(session, "post_published", post.id)
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -7,8 +7,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 
 from newsletter.personalize import defuse
+from newsletter.text import clean_text
 
 
 def templates_dir() -> Path:
@@ -28,6 +30,19 @@ def _autoescape(name: str | None) -> bool:
     return name is not None and name.endswith((".html", ".mjml.j2", ".html.j2"))
 
 
+def finalize(value: object) -> object:
+    """Every value a template prints: without what XML 1.0 forbids, placeholders defused.
+
+    Ingress cleans all text already; this is defence in depth for rows stored
+    before it did, since one such character makes MRML refuse the whole digest.
+    """
+    if isinstance(value, Markup):
+        return Markup(clean_text(str(value)))
+    if isinstance(value, str):
+        value = clean_text(value)
+    return defuse(value)
+
+
 @lru_cache(maxsize=1)
 def environment() -> Environment:
     """One environment for email and web: HTML and MJML escaped, plain text left alone."""
@@ -38,7 +53,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,
-        finalize=defuse,
+        finalize=finalize,
     )
     env.filters["date"] = format_date
     return env

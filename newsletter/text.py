@@ -24,6 +24,7 @@ _FORBIDDEN = re.compile(
 # Bidirectional embeddings, overrides and isolates: in a Subject or a display name
 # they reorder what the reader sees (an address or a link that reads backwards).
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+_UNSAFE = re.compile(f"{_FORBIDDEN.pattern}|{_CONTROL.pattern}|{_BIDI.pattern}")
 
 
 def clean_text(value: str) -> str:
@@ -48,6 +49,16 @@ def one_line(value: str, max_length: int | None = None) -> str:
     if max_length is not None and len(value) > max_length:
         value = value[: max_length - 1].rstrip() + "\u2026"
     return value
+
+
+def first_unsafe_char(value: str) -> str | None:
+    """The first character of `value` no URL or header may hold, as "U+0001"; else None.
+
+    That is anything `clean_text` or `one_line` would remove or fold: forbidden
+    characters, control characters and bidi controls (RFC 3987 bars them from IRIs).
+    """
+    match = _UNSAFE.search(value)
+    return f"U+{ord(match.group()):04X}" if match else None
 
 
 def has_line_break(value: str) -> bool:

@@ -28,6 +28,31 @@ from newsletter.text import one_line
 log = logging.getLogger(__name__)
 
 FALLBACK_TITLE_LENGTH = 80
+# Longer author fields are cut before feedparser reads them (see below).
+MAX_AUTHOR_CHARS = 512
+
+
+def _bounded_author_sync(original: Any) -> Any:
+    """feedparser looks for an email address in every author, publisher and
+    contributor field with a regular expression that takes quadratic time: one
+    200,000-character <author> held a poll for half a minute, and a feed of the
+    full size cap would hold a worker for hours. No name is that long, so the field
+    is cut to MAX_AUTHOR_CHARS before that search runs."""
+
+    def sync(self: Any, key: str = "author") -> Any:
+        context = self._get_context()
+        value = context.get(key)
+        if isinstance(value, str) and len(value) > MAX_AUTHOR_CHARS:
+            context[key] = value[:MAX_AUTHOR_CHARS]
+        return original(self, key)
+
+    sync.bounded = True  # type: ignore[attr-defined]
+    return sync
+
+
+_Mixin: Any = feedparser.mixin._FeedParserMixin
+if not getattr(_Mixin._sync_author_detail, "bounded", False):
+    _Mixin._sync_author_detail = _bounded_author_sync(_Mixin._sync_author_detail)
 
 
 @dataclass
@@ -79,7 +104,13 @@ def parse_feed(content: bytes, url: str, content_type: str | None = None) -> Par
     )
     seen: set[str] = set()
     for position, raw in enumerate(parsed.entries):
-        entry = _entry(raw, url, position)
+        try:
+            entry = _entry(raw, url, position)
+        except Exception as exc:
+            # One entry that cannot be read (a malformed link, say) never stops the rest.
+            log.warning("feed %s: entry %d cannot be read (%s); skipped", url, position, exc)
+            result.skipped["unreadable"] += 1
+            continue
         if entry is None:
             result.skipped["no_link_or_id"] += 1
             continue

@@ -111,3 +111,53 @@ def test_hostile_fields_are_plain_text() -> None:
     [item] = feed.entries
     assert item.title == "Totally normal post"
     assert item.author is not None and "\n" not in item.author and "<" not in item.author
+
+
+def test_a_huge_author_never_reaches_feedparsers_quadratic_email_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """feedparser searches every author for an email address with a regular expression
+    that is quadratic in the field's length: a 200,000-character author held a poll for
+    half a minute. The field is cut first, so that search only ever sees a short one."""
+    import re
+
+    import feedparser.mixin
+
+    from newsletter.feeds.parsing import MAX_AUTHOR_CHARS
+
+    searched: list[int] = []
+
+    class RecordingRe:
+        def __getattr__(self, name: str) -> object:
+            return getattr(re, name)
+
+        def search(self, pattern: str, string: str, flags: int = 0) -> object:
+            if "@" in pattern:
+                searched.append(len(string))
+            return re.search(pattern, string, flags)
+
+    monkeypatch.setattr(feedparser.mixin, "re", RecordingRe())
+    huge = "x" * 200_000
+    document = (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        "<link>https://blog.example.org/</link><description>d</description>"
+        f"<managingEditor>{huge}</managingEditor>"
+        f"<item><title>One</title><link>https://blog.example.org/1/</link>"
+        f"<author>{huge}</author></item></channel></rss>"
+    ).encode()
+    [entry] = parse_feed(document, URL, "application/rss+xml").entries
+    assert searched and max(searched) <= MAX_AUTHOR_CHARS
+    assert entry.author is not None and entry.author.startswith("xxx")
+
+
+def test_an_entry_that_cannot_be_read_is_skipped_and_the_rest_kept() -> None:
+    document = (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        b"<link>https://blog.example.org/</link><description>d</description>"
+        b"<item><title>Bad</title><link>http://[::1</link></item>"
+        b"<item><title>Good</title><link>https://blog.example.org/good/</link></item>"
+        b"</channel></rss>"
+    )
+    feed = parse_feed(document, URL, "application/rss+xml")
+    assert [e.title for e in feed.entries] == ["Good"]
+    assert feed.skipped["unreadable"] == 1
