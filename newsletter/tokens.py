@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -44,6 +45,21 @@ def read_data(purpose: Purpose, token: str, max_age: int | None = None) -> dict[
     if not isinstance(data, dict) or not isinstance(data.get("u"), str):
         raise InvalidInput("this link is not valid")
     return data
+
+
+def signed_at(purpose: Purpose, token: str) -> dt.datetime:
+    """When a valid token was issued (UTC, whole seconds), to tell it from later events.
+
+    A confirmation link sent before an unsubscribe must not undo it; the signature's
+    own timestamp says which came first, and it cannot be forged.
+    """
+    try:
+        _, issued = _serializer(purpose).loads(token, return_timestamp=True)
+    except BadSignature:
+        raise InvalidInput("this link is not valid") from None
+    if not isinstance(issued, dt.datetime):
+        raise InvalidInput("this link is not valid")
+    return issued.astimezone(dt.UTC)
 
 
 def link(purpose: Purpose, payload: str | dict[str, Any]) -> str:

@@ -1,5 +1,10 @@
 """One-off emails to one reader (confirm, welcome, already subscribed), through the same
-rendering and SMTP path as digests."""
+rendering and SMTP path as digests.
+
+A confirmation goes to an address whose owner has not said anything yet: it holds
+no name (neither in To nor in the greeting) and nothing else a stranger could have
+typed; only the publisher's tag names and the schedule picked from the form's lists.
+"""
 
 from __future__ import annotations
 
@@ -40,13 +45,12 @@ def _context(
 ) -> dict[str, Any]:
     if kind == "confirm":
         # The preferences asked for, not the stored row: they apply only on click.
-        prefs = extra["preferences"]
+        prefs = confirmation_payload(extra["preferences"])
         names = session.scalars(select(Tag.name).where(Tag.slug.in_(prefs["t"])).order_by(Tag.slug))
         return {
-            "name": prefs.get("n") or "",
             "tags": list(names),
             "schedule": schedule_text(prefs["c"], prefs["h"], prefs["w"], prefs["z"]),
-            "confirm_url": extra["confirm_url"],
+            "confirm_url": tokens.link("confirm", prefs),
             "valid_hours": get_settings().pending_ttl_hours,
         }
     return {
@@ -61,6 +65,16 @@ def _context(
         "preferences_url": tokens.link("preferences", subscriber.uid),
         "unsubscribe_url": tokens.link("unsubscribe", subscriber.uid),
     }
+
+
+def confirmation_payload(preferences: dict[str, Any]) -> dict[str, Any]:
+    """The confirmation link's payload: the subscriber key and the choices, nothing else.
+
+    The link is signed here, when the mail is built, so it never travels through a task
+    queue or a log line; a payload from an older release that still holds a name (`n`)
+    loses it.
+    """
+    return {k: preferences[k] for k in ("u", "t", "c", "z", "h", "w") if k in preferences}
 
 
 def send_transactional(
@@ -92,7 +106,7 @@ def send_transactional(
         message = build_message(
             from_name=settings.from_name,
             from_address=settings.from_,
-            to_name=subscriber.name,
+            to_name="" if kind == "confirm" else subscriber.name,
             to_address=subscriber.email,
             subject=rendered.subject,
             text=rendered.text,

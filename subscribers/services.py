@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from confusable_homoglyphs.categories import (  # type: ignore[import-untyped]
+    unique_aliases as script_aliases,
+)
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -23,37 +27,93 @@ from subscribers.models import Subscriber, SubscriberStatus, SuppressionReason, 
 
 
 def normalize_email(raw: str) -> str:
-    """A deliverable-looking address, lower-cased, so one person is one row.
+    """The one stored form of an address, so one person is one row however it was typed.
 
-    Providers treat the local part case-insensitively in practice; keeping two rows
-    for Ana@x and ana@x would mail one person twice.
+    - Unicode NFKC first: full-width and other compatibility forms fold (a
+      full-width `test@example.org` is `test@example.org`); the result is NFC.
+    - Lower case throughout: providers treat the local part case-insensitively in
+      practice, and two rows for Ana@x and ana@x would mail one person twice.
+    - The domain is stored as its Unicode U-label (`bücher.de`), whether it came as
+      Unicode or as a punycode A-label (`xn--bcher-kva.de`): the two are one reader.
+      U-labels because that is what people type, read and search for in lists and
+      exports, because a non-ASCII local part makes the column Unicode anyway, and
+      because the look-alike check reads scripts, which an A-label hides. The A-label
+      is derived where it is needed: on the wire.
     """
     if has_line_break(raw):
         raise InvalidInput("invalid email address: it contains a line break")
     candidate = raw.strip()
     if _is_plain_address(candidate):
         return candidate.lower()
+    if len(candidate) > _MAX_INPUT_CHARS:
+        raise InvalidInput(
+            f"invalid email address {_shown(candidate)}: it is longer than any address can be"
+        )
+    folded = unicodedata.normalize("NFKC", candidate)
+    if _is_plain_address(folded):
+        return folded.lower()
     try:
-        result = validate_email(raw.strip(), check_deliverability=False)
+        result = validate_email(folded, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise InvalidInput(f"invalid email address {raw.strip()!r}: {exc}") from None
-    return result.normalized.lower()
+        raise InvalidInput(f"invalid email address {_shown(candidate)}: {exc}") from None
+    # email_validator gives the domain as a U-label and the local part in NFC;
+    # lower-casing can decompose (İ -> i + U+0307), so compose again.
+    return unicodedata.normalize("NFC", result.normalized.lower())
 
 
 # Fast path for the common case (a CSV of 100,000 rows spends most of its time in
 # email_validator otherwise): plain ASCII dot-atom addresses under a public-looking
-# domain. It accepts a strict subset of what email_validator accepts; anything
-# else, internationalised addresses included, goes through email_validator.
+# domain. It accepts a strict subset of what email_validator accepts, and answers
+# what email_validator would; anything else, internationalised addresses and
+# punycode labels (stored decoded) included, goes through email_validator.
 _PLAIN_ADDRESS = re.compile(
     r"(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?=.{4,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,63})"
+    r"@(?=.{4,253}$)(?!(?:[^.]*\.)*[Xx][Nn]--)"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,63})"
 )
 _SPECIAL_USE_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+# Far longer than any address (254 octets on the wire); refused before the costly steps.
+_MAX_INPUT_CHARS = 1000
 
 
 def _is_plain_address(value: str) -> bool:
     match = _PLAIN_ADDRESS.fullmatch(value)
     return match is not None and match.group(1).lower() not in _SPECIAL_USE_TLDS
+
+
+def _shown(value: str) -> str:
+    """An address as an error message quotes it: on one line and cut short."""
+    return repr(one_line(value, 80))
+
+
+# Scripts that may share one domain label: UTS #39's "highly restrictive" level.
+# Common (digits, hyphen) and Inherited (combining marks) go with any script.
+_NEUTRAL_SCRIPTS = frozenset({"COMMON", "INHERITED"})
+_ALLOWED_SCRIPT_MIXES = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
+
+
+def refuse_lookalike_domain(address: str) -> None:
+    """InvalidInput if a label of the (normalised) address's domain mixes scripts.
+
+    `example.org` spelt with a Cyrillic letter a reads as `example.org`: a classic
+    way to disguise an address. Each label must be of one script (or one of the mixes
+    Japanese, Chinese and Korean names need), so `пример.рф` and `bücher.de` pass.
+    """
+    domain = address.rpartition("@")[2]
+    if domain.isascii():
+        return
+    for label in domain.split("."):
+        scripts = set(script_aliases(label)) - _NEUTRAL_SCRIPTS
+        if len(scripts) > 1 and not any(scripts <= mix for mix in _ALLOWED_SCRIPT_MIXES):
+            names = " and ".join(sorted(s.replace("_", " ").title() for s in scripts))
+            raise InvalidInput(
+                f"the domain of {_shown(address)} mixes {names} letters in {label!r}, "
+                "as look-alike addresses do; check how it is spelt"
+            )
 
 
 @dataclass

@@ -2,7 +2,13 @@
 
 A sign-up never reveals whether an address is known and never lets a stranger
 change anything: the preferences asked for travel inside the signed confirmation
-link, and only the owner of the mailbox can click it.
+link, and only the owner of the mailbox can click it. Nothing a stranger types
+reaches the mailbox either: a name is asked for on the confirmation page, by the
+owner, not on the sign-up form.
+
+A sign-up is answered in two steps so its response time says nothing about the
+address: `admit_signup` (validation and rate limits, the same work for every
+address) before the response, `answer_signup` (which mail, if any) after it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from newsletter.text import one_line
 from subscribers import suppression
 from subscribers.cadence import next_slot, parse_cadence, parse_hour, parse_timezone, parse_weekday
 from subscribers.models import SignupAttempt, Subscriber, SubscriberStatus, SuppressionReason
-from subscribers.services import normalize_email, set_tags
+from subscribers.services import normalize_email, refuse_lookalike_domain, set_tags
 
 
 class RateLimited(Exception):
@@ -48,23 +54,26 @@ class Preferences:
     send_weekday: int
     name: str = ""
 
-    def token_payload(self, uid: str) -> dict[str, Any]:
+    def choices(self) -> dict[str, Any]:
+        """What a sign-up asked for, as picked from the form's lists: never typed text."""
         return {
-            "u": uid,
             "t": [t.slug for t in self.tags],
             "c": self.cadence.value,
             "z": self.timezone,
             "h": self.send_hour,
             "w": self.send_weekday,
-            "n": self.name,
         }
+
+    def token_payload(self, uid: str) -> dict[str, Any]:
+        """What a confirmation link carries: the subscriber key and the choices."""
+        return {"u": uid, **self.choices()}
 
 
 @dataclass
 class SignupResult:
     outcome: Outcome
     subscriber_id: int | None = None
-    confirm_url: str | None = None
+    # The confirmation link's payload: `newsletter.transactional` signs it when mailing.
     preferences: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,7 +88,9 @@ def parse_preferences(
 ) -> Preferences:
     """Validate a form's choices; tags must be existing ones, picked from the list."""
     settings = get_settings()
-    slugs = sorted({s.strip() for s in tag_slugs if s.strip()})
+    # Slugs come from the form as typed: nothing XML forbids (PostgreSQL refuses NUL
+    # in a query parameter), and a slug is one short line.
+    slugs = sorted({one_line(s, 200) for s in tag_slugs} - {""})
     if not slugs:
         raise InvalidInput("choose at least one tag to follow")
     tags = list(session.scalars(select(Tag).where(Tag.slug.in_(slugs)).order_by(Tag.slug)))
@@ -118,22 +129,49 @@ def _check_rate(session: Session, ip: str, email: str, now: dt.datetime) -> bool
     return (by_email or 0) < settings.signup_per_email_per_hour
 
 
-def request_signup(
-    session: Session, email: str, prefs: Preferences, ip: str, now: dt.datetime | None = None
-) -> SignupResult:
-    """Decide which mail (if any) answers a sign-up; the caller shows the same page always."""
+def admit_signup(
+    session: Session, email: str, ip: str, now: dt.datetime | None = None
+) -> tuple[str, bool]:
+    """Validate the address and record the attempt, before the response.
+
+    Returns the normalised address and whether it may get a mail now (False once the
+    address was flooded). The work is the same whatever the address's state; raises
+    InvalidInput for a bad or look-alike address, RateLimited for a flooding client.
+    """
     now = now or utcnow()
     address = normalize_email(email)
-    if not _check_rate(session, ip, address, now):
+    refuse_lookalike_domain(address)
+    return address, _check_rate(session, ip, address, now)
+
+
+def answer_signup(
+    session: Session,
+    address: str,
+    choices: dict[str, Any],
+    allowed: bool = True,
+    now: dt.datetime | None = None,
+) -> SignupResult:
+    """Decide which mail (if any) answers a sign-up; runs after the response.
+
+    A new address gets a pending row that holds no name and the choices as they
+    were asked for; a known row is never changed here: the choices asked for take
+    effect only when the link is clicked.
+    """
+    now = now or utcnow()
+    if not allowed:
         return SignupResult(Outcome.NOTHING)
     blocked = suppression.find(session, address)
     if blocked is not None and blocked.reason in suppression.BLOCKS_ALL:
         return SignupResult(Outcome.NOTHING)
+    prefs = parse_preferences(
+        session, list(choices.get("t", [])), choices.get("c", "weekly"),
+        choices.get("z", "UTC"), choices.get("h"), choices.get("w"),
+    )  # fmt: skip
     subscriber = session.scalar(select(Subscriber).where(Subscriber.email == address))
     if subscriber is None:
         subscriber = Subscriber(
             email=address,
-            name=prefs.name,
+            name="",
             status=SubscriberStatus.PENDING,
             cadence=prefs.cadence,
             timezone=prefs.timezone,
@@ -147,12 +185,7 @@ def request_signup(
         set_tags(session, subscriber, prefs.tags, now)
     elif subscriber.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PAUSED):
         return SignupResult(Outcome.ALREADY, subscriber.id)
-    # New, still pending, or unsubscribed: the stored row is not changed here; the
-    # preferences asked for take effect only when the link is clicked.
-    payload = prefs.token_payload(subscriber.uid)
-    return SignupResult(
-        Outcome.CONFIRM, subscriber.id, tokens.link("confirm", payload), preferences=payload
-    )
+    return SignupResult(Outcome.CONFIRM, subscriber.id, prefs.token_payload(subscriber.uid))
 
 
 def read_confirmation(token: str) -> dict[str, Any]:
@@ -160,15 +193,13 @@ def read_confirmation(token: str) -> dict[str, Any]:
     return tokens.read_data("confirm", token, max_age=max_age)
 
 
-def confirm(
-    session: Session, token: str, now: dt.datetime | None = None
-) -> tuple[Subscriber, bool]:
-    """Activate the subscription with the preferences in the link.
+def check_confirmation(session: Session, token: str) -> tuple[Subscriber, dict[str, Any]]:
+    """The subscriber and the choices of a confirmation link that may still be used.
 
-    Returns the subscriber and whether this click changed anything (a second click
-    on the same link is harmless and sends no second welcome).
+    Refused: an expired or forged link, an address an admin, a bounce or a complaint
+    blocked, and a link issued before the reader's last unsubscribe (signing up
+    again sends a new one).
     """
-    now = now or utcnow()
     data = read_confirmation(token)
     subscriber = session.scalar(select(Subscriber).where(Subscriber.uid == data["u"]))
     if subscriber is None:
@@ -176,6 +207,34 @@ def confirm(
     blocked = suppression.find(session, subscriber.email)
     if blocked is not None and blocked.reason in suppression.BLOCKS_ALL:
         raise InvalidInput("this address cannot be subscribed; contact the publisher")
+    if _issued_before_unsubscribe(subscriber, token):
+        raise InvalidInput(
+            "this link was sent before you unsubscribed, so it no longer subscribes you; "
+            "sign up again to get a new one"
+        )
+    return subscriber, data
+
+
+def _issued_before_unsubscribe(subscriber: Subscriber, token: str) -> bool:
+    """Whether the link predates the unsubscribe; token times are whole seconds, so a
+    link issued within the second of the unsubscribe counts as after it."""
+    if subscriber.unsubscribed_at is None:
+        return False
+    issued = tokens.signed_at("confirm", token)
+    return issued < subscriber.unsubscribed_at.replace(microsecond=0)
+
+
+def confirm(
+    session: Session, token: str, name: str = "", now: dt.datetime | None = None
+) -> tuple[Subscriber, bool]:
+    """Activate the subscription with the choices in the link and the name the owner
+    typed on the confirmation page (blank clears any name the row had).
+
+    Returns the subscriber and whether this click changed anything (a second click
+    on the same link is harmless and sends no second welcome).
+    """
+    now = now or utcnow()
+    subscriber, data = check_confirmation(session, token)
     recent = now - dt.timedelta(hours=get_settings().pending_ttl_hours)
     if (
         subscriber.status is SubscriberStatus.ACTIVE
@@ -185,8 +244,9 @@ def confirm(
         return subscriber, False
     prefs = parse_preferences(
         session, list(data.get("t", [])), data.get("c", "weekly"), data.get("z", "UTC"),
-        data.get("h"), data.get("w"), data.get("n", ""),
+        data.get("h"), data.get("w"),
     )  # fmt: skip
+    blocked = suppression.find(session, subscriber.email)
     if blocked is not None and blocked.reason is SuppressionReason.UNSUBSCRIBED:
         # The owner proved the address is theirs and asked again: lift their own block.
         suppression.lift(session, subscriber.email, by="the subscriber, by confirming")
@@ -194,6 +254,7 @@ def confirm(
         # Eligibility starts now: no backlog of what arrived while pending or away.
         subscriber.subscribed_at = now
     apply_preferences(session, subscriber, prefs, now)
+    subscriber.name = one_line(name, 200)
     subscriber.status = SubscriberStatus.ACTIVE
     subscriber.confirmed_at = now
     subscriber.unsubscribed_at = None

@@ -1,8 +1,9 @@
 """The suppression list: addresses we never mail again until an admin lifts them.
 
-Hard bounces and complaints block every mail, confirmations included. An
-unsubscribe blocks digests and imports; the person may still sign up again through
-the form, and confirming that sign-up (proof they own the address) lifts it.
+Hard bounces, complaints and manual suppressions (an admin's decision) block every
+mail, confirmations included. An unsubscribe blocks digests and imports; the person
+may still sign up again through the form, and confirming that sign-up (proof they
+own the address) lifts it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from subscribers.models import Suppression, SuppressionReason
 
 log = logging.getLogger(__name__)
 
-# Reasons that even a sign-up confirmation must respect.
-BLOCKS_ALL = frozenset({SuppressionReason.HARD_BOUNCE, SuppressionReason.COMPLAINT})
+# Reasons that even a sign-up confirmation must respect: nobody but an admin lifts them.
+BLOCKS_ALL = frozenset(
+    {SuppressionReason.HARD_BOUNCE, SuppressionReason.COMPLAINT, SuppressionReason.MANUAL}
+)
 
 
 def find(session: Session, email: str) -> Suppression | None:
@@ -42,7 +45,7 @@ def suppressed_among(session: Session, emails: Iterable[str]) -> dict[str, Suppr
 def suppress(
     session: Session, email: str, reason: SuppressionReason, detail: str | None = None
 ) -> Suppression:
-    """Add (or keep) an address on the list; a bounce or complaint outranks an unsubscribe."""
+    """Add (or keep) an address on the list; a reason in BLOCKS_ALL outranks an unsubscribe."""
     row = find(session, email)
     if row is None:
         row = Suppression(email=email, reason=reason, detail=(detail or "")[:2000] or None)

@@ -10,18 +10,19 @@ from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from newsletter import tokens
 from newsletter.config import get_settings
-from newsletter.db import utcnow
+from newsletter.db import session_scope, utcnow
 from newsletter.dispatch import send_task, tasks_run_in_process
 from newsletter.errors import InvalidInput
 from newsletter.models import Tag
 from newsletter.transactional import schedule_text, send_transactional
-from newsletter.web.deps import SessionDep
+from newsletter.web.deps import SessionDep, client_ip
 from newsletter.web.rendering import render_page
 from subscribers import services, signup
-from subscribers.cadence import WEEKDAYS, zone_names
+from subscribers.cadence import WEEKDAYS, whole_number, zone_names
 from subscribers.models import Subscriber, SubscriberStatus
 
 router = APIRouter(include_in_schema=False)
@@ -29,28 +30,49 @@ log = logging.getLogger(__name__)
 
 
 def _client_ip(request: Request) -> str:
-    if get_settings().trust_proxy:
-        forwarded = request.headers.get("x-forwarded-for", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip()[:64]
-    return request.client.host if request.client else "unknown"
+    return client_ip(request)[:64]
 
 
-def _send_after_response(
-    background: BackgroundTasks, kind: str, subscriber_id: int, extra: dict[str, Any]
-) -> None:
-    """Mail goes out after the response, so every sign-up answer takes the same time."""
-    if tasks_run_in_process():
-        background.add_task(_send_quietly, kind, subscriber_id, extra)
-    else:
+def _send_mail(kind: str, subscriber_id: int, extra: dict[str, Any]) -> None:
+    """Send now in this process, or hand the mail to a worker; never raises."""
+    if not tasks_run_in_process():
         send_task("send_transactional", kind, subscriber_id, extra)
-
-
-def _send_quietly(kind: str, subscriber_id: int, extra: dict[str, Any]) -> None:
+        return
     try:
         send_transactional(kind, subscriber_id, extra)
     except Exception:
         log.exception("could not send %s email to subscriber #%d", kind, subscriber_id)
+
+
+def _decide_signup(
+    address: str, choices: dict[str, Any], allowed: bool
+) -> signup.SignupResult | None:
+    """Which mail answers a sign-up, decided in a session of its own; None if it failed."""
+    for attempt in (1, 2):
+        try:
+            with session_scope() as session:
+                return signup.answer_signup(session, address, choices, allowed)
+        except IntegrityError:
+            if attempt == 1:
+                continue  # the same new address twice at once: the other request made the row
+            log.exception("could not answer a sign-up")
+        except Exception:
+            log.exception("could not answer a sign-up")
+            break
+    return None
+
+
+def answer_signup_after_response(address: str, choices: dict[str, Any], allowed: bool) -> None:
+    """Every sign-up, whatever its address's state, schedules exactly this, and nothing
+    else, to run after the response: the decision, the pending row and the mail (or
+    none) all happen outside the time the answer takes, so that time reveals nothing."""
+    result = _decide_signup(address, choices, allowed)
+    if result is None or result.subscriber_id is None:
+        return
+    if result.outcome is signup.Outcome.CONFIRM:
+        _send_mail("confirm", result.subscriber_id, {"preferences": result.preferences})
+    elif result.outcome is signup.Outcome.ALREADY:
+        _send_mail("already_subscribed", result.subscriber_id, {})
 
 
 def _choices_context(session: SessionDep, chosen: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +95,7 @@ def _choices_context(session: SessionDep, chosen: dict[str, Any]) -> dict[str, A
 
 
 def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value is not None and value.strip().isdigit() else None
+    return whole_number(value) if value is not None else None
 
 
 class ChoicesForm(BaseModel):
@@ -121,10 +143,12 @@ def subscribe(
     background: BackgroundTasks,
     form: Annotated[SubscribeForm, Form()],
 ) -> HTMLResponse:
-    """The same page for a new, pending, known or suppressed address: nothing is revealed."""
+    """The same page, after the same work, for a new, pending, known or suppressed
+    address: nothing is revealed. A name typed here is ignored: only the owner names
+    themselves, on the confirmation page."""
     try:
         prefs = form.preferences(session)
-        result = signup.request_signup(session, form.email, prefs, _client_ip(request))
+        address, allowed = signup.admit_signup(session, form.email, _client_ip(request))
     except InvalidInput as exc:
         return render_page(
             "web/subscribe.html", status_code=400, error=str(exc),
@@ -134,18 +158,17 @@ def subscribe(
         session.commit()
         return render_page("web/error.html", status_code=429, title="Slow down", message=str(exc))
     session.commit()
-    if result.outcome is signup.Outcome.CONFIRM and result.subscriber_id is not None:
-        extra = {"confirm_url": result.confirm_url, "preferences": result.preferences}
-        _send_after_response(background, "confirm", result.subscriber_id, extra)
-    elif result.outcome is signup.Outcome.ALREADY and result.subscriber_id is not None:
-        _send_after_response(background, "already_subscribed", result.subscriber_id, {})
+    background.add_task(answer_signup_after_response, address, prefs.choices(), allowed)
     return render_page("web/check_inbox.html")
 
 
 @router.get("/confirm/{token}", response_class=HTMLResponse)
 def confirm_page(token: str, session: SessionDep) -> HTMLResponse:
-    """A page with a button: link scanners that fetch URLs must not confirm anyone."""
-    data = signup.read_confirmation(token)
+    """A page with a button: link scanners that fetch URLs must not confirm anyone.
+
+    It asks for the reader's name, empty: the sign-up form never asked, so no name a
+    stranger typed is shown or kept."""
+    _, data = signup.check_confirmation(session, token)
     names = list(
         session.scalars(select(Tag.name).where(Tag.slug.in_(data.get("t", []))).order_by(Tag.slug))
     )
@@ -156,11 +179,16 @@ def confirm_page(token: str, session: SessionDep) -> HTMLResponse:
 
 
 @router.post("/confirm/{token}", response_class=HTMLResponse)
-def confirm(token: str, session: SessionDep, background: BackgroundTasks) -> HTMLResponse:
-    subscriber, changed = signup.confirm(session, token)
+def confirm(
+    token: str,
+    session: SessionDep,
+    background: BackgroundTasks,
+    name: Annotated[str, Form()] = "",
+) -> HTMLResponse:
+    subscriber, changed = signup.confirm(session, token, name)
     session.commit()
     if changed:
-        _send_after_response(background, "welcome", subscriber.id, {})
+        background.add_task(_send_mail, "welcome", subscriber.id, {})
     return render_page(
         "web/confirmed.html",
         subscriber=subscriber,

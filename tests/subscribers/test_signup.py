@@ -5,19 +5,30 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+from typing import Any
 
 import pytest
+from fastapi import BackgroundTasks
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from newsletter import tokens
 from newsletter.db import session_scope
 from newsletter.pipeline import run_due
 from newsletter.tags import get_or_create_tags, parse_tag_names
+from newsletter.transactional import send_transactional
 from newsletter.web.app import create_app
-from subscribers.models import Subscriber, SubscriberStatus, Suppression
+from newsletter.web.subscriber_pages import answer_signup_after_response
+from subscribers.models import (
+    SignupAttempt,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    SuppressionReason,
+)
 from subscribers.signup import expire_pending
+from subscribers.suppression import suppress
 from tests.conftest import ScriptedHandler, apply_env
 from tests.factories import make_post, make_subscriber
 
@@ -63,7 +74,7 @@ def sign_up(client: TestClient, **changes: object) -> str:
 def test_double_opt_in(client: TestClient, smtp: ScriptedHandler) -> None:
     page = client.get("/subscribe")
     assert page.status_code == 200
-    assert 'value="politics"' in page.text and "Intl.DateTimeFormat" in page.text
+    assert 'value="politics"' in page.text and "/static/subscribe.js" in page.text
 
     assert "Check your inbox" in sign_up(client)
     pending = subscriber()
@@ -347,3 +358,252 @@ def test_hard_bounce_suppresses_the_address(client: TestClient, smtp: ScriptedHa
     # Even a sign-up gets no confirmation mail now.
     sign_up(client, email="gone@example.org")
     assert smtp.attempts["gone@example.org"] == 1
+
+
+# -- addresses at sign-up ------------------------------------------------------------
+
+
+def counts() -> tuple[int, int]:
+    with session_scope() as session:
+        return (
+            session.scalar(select(func.count()).select_from(Subscriber)) or 0,
+            session.scalar(select(func.count()).select_from(SignupAttempt)) or 0,
+        )
+
+
+@pytest.mark.parametrize(
+    ("email", "scripts"),
+    [
+        ("test@ex\u0430mple.org", "Cyrillic and Latin"),
+        ("test@xn--exmple-4nf.org", "Cyrillic and Latin"),  # the same, as punycode
+        ("test@ex\u03b1mple.org", "Greek and Latin"),
+    ],
+)
+def test_look_alike_domains_are_refused_at_sign_up(
+    client: TestClient, smtp: ScriptedHandler, email: str, scripts: str
+) -> None:
+    response = client.post("/subscribe", data={**FORM, "email": email})
+    assert response.status_code == 400
+    assert f"mixes {scripts} letters" in response.text and "look-alike" in response.text
+    assert counts() == (0, 0) and smtp.messages == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored", "wire"),
+    [
+        (
+            "reader@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444",
+            "reader@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444",
+            "reader@xn--e1afmkfd.xn--p1ai",
+        ),
+        ("reader@xn--bcher-kva.de", "reader@b\u00fccher.de", "reader@xn--bcher-kva.de"),
+        ("\uff54\uff45\uff53\uff54@example.org", "test@example.org", "test@example.org"),
+        ("T\u00cbST@example.org", "t\u00ebst@example.org", "t\u00ebst@example.org"),
+    ],
+)
+def test_internationalised_sign_ups_get_their_confirmation(
+    client: TestClient, smtp: ScriptedHandler, typed: str, stored: str, wire: str
+) -> None:
+    assert "Check your inbox" in sign_up(client, email=typed)
+    pending = subscriber(stored)
+    assert pending is not None and pending.status is SubscriberStatus.PENDING
+    [confirmation] = smtp.messages
+    assert confirmation.recipients == [wire]
+    client.post(link_in(smtp, "confirm"))
+    assert subscriber(stored).status is SubscriberStatus.ACTIVE  # type: ignore[union-attr]
+
+
+# -- a stranger's name -------------------------------------------------------------
+
+
+STRANGER = "Totally Legit Bank Support"
+
+
+def test_a_strangers_name_never_reaches_the_mailbox(
+    client: TestClient, smtp: ScriptedHandler
+) -> None:
+    make_subscriber("ana@example.org", "climate", name="Ana")
+    with session_scope() as session:
+        from subscribers.services import by_uid, unsubscribe
+
+        unsubscribe(session, by_uid(session, subscriber("ana@example.org").uid))  # type: ignore[union-attr]
+    sign_up(client, name=STRANGER)  # a new address
+    sign_up(client, email="ana@example.org", name=STRANGER)  # a known, unsubscribed one
+    assert len(smtp.messages) == 2
+    for received in smtp.messages:
+        message = received.parsed()
+        [to] = message["To"].addresses
+        assert to.display_name == ""
+        text, html = message.get_body(("plain",)), message.get_body(("html",))
+        assert text is not None and html is not None
+        assert "Hello," in text.get_content()
+        for part in (text.get_content(), html.get_content(), str(message["To"])):
+            assert STRANGER not in part
+        # Nor in the link: the token carries the choices, not the name.
+        token = link_in(smtp, "confirm", smtp.messages.index(received)).rsplit("/", 1)[1]
+        assert "n" not in tokens.read_data("confirm", token)
+    pending = subscriber()
+    assert pending is not None and pending.name == ""
+    assert subscriber("ana@example.org").name == "Ana"  # type: ignore[union-attr]
+
+
+def test_the_owner_names_themselves_on_the_confirmation_page(
+    client: TestClient, smtp: ScriptedHandler
+) -> None:
+    sign_up(client, name=STRANGER)
+    path = link_in(smtp, "confirm")
+    page = client.get(path)
+    assert page.status_code == 200
+    assert '<input type="text" name="name" value=""' in page.text and STRANGER not in page.text
+    assert client.post(path, data={"name": "  Rae\u202e\r\nR  "}).status_code == 200
+    assert subscriber().name == "Rae R"  # type: ignore[union-attr]
+    welcome = smtp.messages[-1].parsed()
+    assert welcome["To"].addresses[0].display_name == "Rae R"
+    text = welcome.get_body(("plain",))
+    assert text is not None and "Hi Rae R" in text.get_content()
+
+
+def test_a_blank_name_at_confirmation_clears_what_a_stranger_left(
+    client: TestClient, smtp: ScriptedHandler
+) -> None:
+    sign_up(client)
+    # A pending row from before names were kept off sign-ups still holds one.
+    with session_scope() as session:
+        session.scalars(select(Subscriber)).one().name = STRANGER
+    client.post(link_in(smtp, "confirm"), data={"name": ""})
+    confirmed = subscriber()
+    assert confirmed is not None and confirmed.status is SubscriberStatus.ACTIVE
+    assert confirmed.name == ""
+    assert STRANGER not in smtp.messages[-1].data.decode("utf-8", "replace")
+
+
+# -- suppressed means suppressed ----------------------------------------------------
+
+
+def test_a_manual_suppression_gets_no_confirmation(
+    client: TestClient, smtp: ScriptedHandler
+) -> None:
+    sign_up(client)
+    pending_link = link_in(smtp, "confirm")
+    with session_scope() as session:
+        suppress(session, "reader@example.org", SuppressionReason.MANUAL, "asked by letter")
+    sign_up(client)
+    sign_up(client, email="other@example.org")
+    with session_scope() as session:
+        suppress(session, "other@example.org", SuppressionReason.MANUAL)
+    assert [m.recipients for m in smtp.messages] == [["reader@example.org"], ["other@example.org"]]
+    # A link sent before the suppression confirms nothing either.
+    response = client.post(pending_link)
+    assert response.status_code == 400 and "cannot be subscribed" in response.text
+    assert subscriber().status is SubscriberStatus.PENDING  # type: ignore[union-attr]
+    # And the mail itself refuses, however it is asked for.
+    uid = subscriber().uid  # type: ignore[union-attr]
+    payload = {"u": uid, "t": ["politics"], "c": "daily", "z": "UTC", "h": 7, "w": 0}
+    assert (
+        send_transactional("confirm", subscriber().id, {"preferences": payload})  # type: ignore[union-attr]
+        == "suppressed"
+    )
+    assert len(smtp.messages) == 2
+
+
+def test_a_confirmation_sent_before_an_unsubscribe_cannot_undo_it(
+    client: TestClient, smtp: ScriptedHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first link was issued a minute ago (token times are whole seconds).
+    minute_ago = int(time.time()) - 60
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: minute_ago)
+    sign_up(client)
+    monkeypatch.undo()
+    old_link = link_in(smtp, "confirm")
+    client.post(old_link)
+    client.post(link_in(smtp, "unsubscribe"), content="List-Unsubscribe=One-Click")
+    assert subscriber().status is SubscriberStatus.UNSUBSCRIBED  # type: ignore[union-attr]
+
+    for response in (client.get(old_link), client.post(old_link, data={"name": "X"})):
+        assert response.status_code == 400
+        assert "before you unsubscribed" in response.text and "Traceback" not in response.text
+    gone = subscriber()
+    assert gone is not None and gone.status is SubscriberStatus.UNSUBSCRIBED and gone.name == ""
+    with session_scope() as session:
+        assert session.scalars(select(Suppression.reason)).one() is SuppressionReason.UNSUBSCRIBED
+    mails = len(smtp.messages)
+
+    # A new sign-up after the unsubscribe sends a new link, and that one still works.
+    sign_up(client, tags=["climate"])
+    assert len(smtp.messages) == mails + 1
+    assert client.post(link_in(smtp, "confirm")).status_code == 200
+    back = subscriber()
+    assert back is not None and back.status is SubscriberStatus.ACTIVE
+    assert [t.slug for t in back.tags] == ["climate"]
+    with session_scope() as session:
+        assert session.scalars(select(Suppression)).all() == []
+
+
+# -- the same work for every address ------------------------------------------------
+
+
+def test_every_sign_up_schedules_the_same_work_after_the_response(
+    client: TestClient, smtp: ScriptedHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the address's state, the request does the same work and schedules the
+    same one job; deciding, storing and mailing all happen in that job."""
+    make_subscriber("active@example.org", "climate")
+    make_subscriber("paused@example.org", "climate")
+    make_subscriber("gone@example.org", "climate")
+    with session_scope() as session:
+        from subscribers.services import by_uid, unsubscribe
+        from subscribers.signup import set_paused
+
+        rows = {s.email: s for s in session.scalars(select(Subscriber))}
+        set_paused(session, rows["paused@example.org"], True, dt.datetime.now(dt.UTC))
+        unsubscribe(session, by_uid(session, rows["gone@example.org"].uid))
+        suppress(session, "bounced@example.org", SuppressionReason.HARD_BOUNCE)
+        suppress(session, "blocked@example.org", SuppressionReason.MANUAL)
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+        session.add_all(
+            SignupAttempt(ip="192.0.2.9", email="flooded@example.org", created_at=past)
+            for _ in range(5)
+        )
+    sign_up(client, email="pending@example.org")
+    smtp.messages.clear()
+
+    scheduled: list[tuple[Any, tuple[Any, ...]]] = []
+    monkeypatch.setattr(
+        BackgroundTasks, "add_task", lambda self, func, *args: scheduled.append((func, args))
+    )
+    states = {
+        "new": "new@example.org",
+        "pending": "pending@example.org",
+        "active": "active@example.org",
+        "paused": "paused@example.org",
+        "unsubscribed": "gone@example.org",
+        "hard bounce": "bounced@example.org",
+        "manual suppression": "blocked@example.org",
+        "flooded": "flooded@example.org",
+    }
+    before = snapshot()
+    pages = {client.post("/subscribe", data={**FORM, "email": e}).text for e in states.values()}
+    assert len(pages) == 1 and "Check your inbox" in pages.pop()
+    # Before the response: no row made or changed, no mail, one job each, all alike.
+    assert snapshot() == before and smtp.messages == []
+    assert len(scheduled) == len(states)
+    assert {job for job, _ in scheduled} == {answer_signup_after_response}
+    assert [args[0] for _, args in scheduled] == list(states.values())
+    assert all(args[1] == scheduled[0][1][1] for _, args in scheduled)
+    assert {type(args[2]) for _, args in scheduled} == {bool}
+
+    # The job decides: confirmations, notices, or nothing at all.
+    for job, args in scheduled:
+        job(*args)
+    mailed = sorted(m.recipients[0] for m in smtp.messages)
+    confirmations = ["new@example.org", "pending@example.org", "gone@example.org"]
+    notices = ["active@example.org", "paused@example.org"]
+    assert mailed == sorted([*confirmations, *notices])
+
+
+def snapshot() -> list[tuple[str, str, str]]:
+    with session_scope() as session:
+        return [
+            (s.email, s.status.value, s.name)
+            for s in session.scalars(select(Subscriber).order_by(Subscriber.email))
+        ]
