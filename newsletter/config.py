@@ -2,22 +2,86 @@
 
 from __future__ import annotations
 
+import ipaddress
+import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A known placeholder: accepted while developing, refused in production so a
 # deployment can never sign unsubscribe links with a key that is in the source.
 DEVELOPMENT_SECRET = "development-only-secret-change-me"
+# Words that mark a key copied from an example rather than generated.
+_PLACEHOLDER_WORDS = ("change-me", "changeme", "change_me", "development-only", "example")
+MIN_SECRET_LENGTH = 16
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ProxyTrust:
+    """Who may say where a request came from (X-Forwarded-For), read from the right.
+
+    `hops`: that many proxies stand in front of the app, each appending the address
+    it saw. `networks`: proxies are the peers in these networks. Neither: the peer
+    address is the client, and the header is ignored.
+    """
+
+    hops: int = 0
+    networks: tuple[IPNetwork, ...] = ()
+
+
+def parse_trusted_proxies(value: str) -> ProxyTrust:
+    """`2` (a count of hops) or `10.0.0.0/8, 192.168.1.7` (networks); blank trusts none."""
+    text = value.strip()
+    if not text:
+        return ProxyTrust()
+    if text.isascii() and text.isdigit():
+        hops = int(text)
+        if hops > 20:
+            raise ValueError("at most 20 proxy hops")
+        return ProxyTrust(hops=hops)
+    networks = []
+    for part in text.split(","):
+        try:
+            networks.append(ipaddress.ip_network(part.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{part.strip()[:50]!r} is neither a count "
+                "of proxy hops nor a network like 10.0.0.0/8"
+            ) from None
+    return ProxyTrust(networks=tuple(networks))
+
+
+def _secret_key_problem(key: str) -> str | None:
+    """Why `key` cannot sign production links, or None if it can."""
+    stripped = key.strip()
+    if not stripped:
+        return "NEWSLETTER_SECRET_KEY must be set outside development"
+    lowered = stripped.lower()
+    if lowered == DEVELOPMENT_SECRET or any(w in lowered for w in _PLACEHOLDER_WORDS):
+        return "NEWSLETTER_SECRET_KEY is a placeholder: generate a random one"
+    if len(stripped) < MIN_SECRET_LENGTH:
+        return f"NEWSLETTER_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters"
+    if len(set(stripped)) < 8:
+        return "NEWSLETTER_SECRET_KEY is too simple: generate a random one"
+    return None
 
 
 class Settings(BaseSettings):
     """Every knob the pipeline has; names are the public contract in the README."""
 
+    # hide_input_in_errors: a validation error must never print a secret or a URL
+    # with a password in it, whoever logs it.
     model_config = SettingsConfigDict(
-        env_prefix="NEWSLETTER_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="NEWSLETTER_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     env: Literal["development", "production"] = "development"
@@ -51,6 +115,32 @@ class Settings(BaseSettings):
     # How often beat runs the planner and sweeper, in seconds.
     plan_interval: int = Field(300, ge=10)
     max_send_attempts: int = Field(8, ge=1)
+    # Sending (see docs/design.md, "Never twice"). A claim on a batch lasts this many
+    # seconds and is renewed every third of it while the batch is sent, so a dead
+    # worker's batch is taken over within about a minute...
+    sending_lease: int = Field(60, ge=10)
+    # ... by the sweeper, which beat runs this often (seconds) on its own.
+    sweep_interval: int = Field(30, ge=5)
+    # The sweeper takes a post still unplanned this many seconds after it arrived to
+    # have lost its task (broker down at commit); planning it twice is harmless.
+    unplanned_grace: float = Field(30.0, ge=0)
+    # ... and a queued delivery untouched this many seconds to have lost its send task.
+    stale_queued: float = Field(60.0, ge=0)
+    # The first retry after a temporary failure waits this many seconds, each next
+    # one twice as long, up to six hours.
+    retry_backoff: float = Field(60.0, gt=0)
+    # Seconds to wait for the reply to the end of DATA (RFC 5321 asks for 10 minutes).
+    smtp_data_timeout: float = Field(600.0, gt=0)
+    # After a 421 or a dropped connection: pause this long (seconds), reconnect and go
+    # on, at most this many times in a row without the server answering a message.
+    smtp_reconnect_pause: float = Field(1.0, ge=0)
+    smtp_max_reconnects: int = Field(3, ge=0)
+    # No reply to the end of DATA: "assume_delivered" records the message sent (no
+    # second copy ever), "retry" sends it again later (maybe a second copy).
+    unknown_outcome: Literal["assume_delivered", "retry"] = "assume_delivered"
+    # While the database is unreachable a sender stops, keeps the outcomes it knows
+    # and retries writing them for up to this many seconds.
+    db_outage_wait: float = Field(300.0, gt=0)
     # Unconfirmed sign-ups (and their confirmation links) expire after this long.
     pending_ttl_hours: int = Field(48, ge=1)
     # Preference links in emails stay valid this long; unsubscribe links never expire.
@@ -58,7 +148,10 @@ class Settings(BaseSettings):
     # Sign-up requests allowed per hour, so the form cannot mail-bomb anyone.
     signup_per_ip_per_hour: int = Field(20, ge=1)
     signup_per_email_per_hour: int = Field(3, ge=1)
-    # Client IP from X-Forwarded-For, only behind a proxy you trust to set it.
+    # Which proxies may name the client address in X-Forwarded-For: a count of hops
+    # or comma-separated networks (see `parse_trusted_proxies`); blank: none.
+    trusted_proxies: str = ""
+    # Deprecated: `true` means NEWSLETTER_TRUSTED_PROXIES=1 (one proxy in front).
     trust_proxy: bool = False
 
     @field_validator("broker_url", "smtp_url", "webhook_secret", mode="before")
@@ -66,20 +159,54 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: str) -> str:
+        parse_trusted_proxies(value)
+        return value
+
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:
-        if self.env != "development" and self.secret_key == DEVELOPMENT_SECRET:
-            raise ValueError("NEWSLETTER_SECRET_KEY must be set outside development")
-        if self.env != "development" and len(self.secret_key) < 16:
-            raise ValueError("NEWSLETTER_SECRET_KEY must be at least 16 characters")
+        if self.env != "development":
+            problem = _secret_key_problem(self.secret_key)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @property
     def public_base_url(self) -> str:
         return self.base_url.rstrip("/")
 
+    @property
+    def proxy_trust(self) -> ProxyTrust:
+        trust = parse_trusted_proxies(self.trusted_proxies)
+        if not trust.hops and not trust.networks and self.trust_proxy:
+            return ProxyTrust(hops=1)
+        return trust
+
 
 @lru_cache
 def get_settings() -> Settings:
     """The process-wide settings; tests clear this cache after changing the environment."""
     return Settings()
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem, naming the variable but never echoing a value (secrets)."""
+    lines = []
+    settings = exc.title == Settings.__name__
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        name = (f"NEWSLETTER_{field.upper()}: " if settings else f"{field}: ") if field else ""
+        lines.append(name + error["msg"].removeprefix("Value error, "))
+    return "; ".join(lines)
+
+
+def settings_or_exit() -> Settings:
+    """The settings, or exit status 2 with a clear message: long-running processes
+    (the web server, the worker) refuse to start rather than fail on every request."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        print(f"configuration error: {describe_errors(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from newsletter.redaction import redact
+
 log = logging.getLogger(__name__)
 
 _KEY = "newsletter.after_commit_tasks"
@@ -30,6 +32,11 @@ def tasks_run_in_process() -> bool:
     return bool(celery_app.conf.task_always_eager)
 
 
+def _described(task: str, args: tuple[Any, ...]) -> str:
+    """The task call for a log line, with link tokens hidden (a confirm URL is a key)."""
+    return redact(f"{task}{args!r}")
+
+
 def send_task(task: str, *args: Any) -> None:
     """Run a task now: on the broker if one is configured, else in this process.
 
@@ -44,14 +51,17 @@ def send_task(task: str, *args: Any) -> None:
             celery_app.tasks[name].apply(args=list(args)).get()
         except Exception as exc:
             log.warning(
-                "%s%r did not finish: %s", task, args, exc, exc_info=not isinstance(exc, ValueError)
+                "%s did not finish: %s",
+                _described(task, args),
+                redact(str(exc)),
+                exc_info=not isinstance(exc, ValueError),
             )
         return
     try:
         celery_app.send_task(name, args=list(args))
     except Exception:
         # The work is committed; the sweeper picks it up on its next run.
-        log.exception("could not enqueue %s%r; the sweeper will retry it", task, args)
+        log.exception("could not enqueue %s; the sweeper will retry it", _described(task, args))
 
 
 @event.listens_for(Session, "after_commit")

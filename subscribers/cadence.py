@@ -38,24 +38,50 @@ def parse_timezone(name: str) -> str:
     return name
 
 
+# At most this many characters are looked at: a form or API value of thousands of
+# digits is refused before int() sees it (int() refuses over 4,300 digits anyway).
+_MAX_NUMBER_CHARS = 4
+
+
+def whole_number(value: int | str) -> int | None:
+    """A non-negative whole number written in ASCII digits, or None.
+
+    str.isdigit() and int() accept "²" and other scripts' digits; only 0-9 are meant.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if not text or len(text) > _MAX_NUMBER_CHARS or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def _shown(value: object) -> str:
+    """The refused value for an error message, cut short so a huge one stays readable."""
+    text = repr(value)
+    return text if len(text) <= 20 else text[:20] + "..."
+
+
 def parse_hour(value: int | str) -> int:
-    try:
-        hour = int(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"send hour must be a whole number 0-23, got {value!r}") from None
+    hour = whole_number(value)
+    if hour is None:
+        raise InvalidInput(f"send hour must be a whole number 0-23, got {_shown(value)}")
     if not 0 <= hour <= 23:
-        raise InvalidInput(f"send hour must be 0-23, got {hour}")
+        raise InvalidInput(f"send hour must be 0-23, got {_shown(hour)}")
     return hour
 
 
 def parse_weekday(value: int | str) -> int:
+    number = whole_number(value)
+    if number is not None and 0 <= number <= 6:
+        return number
     text = str(value).strip().lower()
-    if text.isdigit() and 0 <= int(text) <= 6:
-        return int(text)
     for index, day in enumerate(WEEKDAYS):
         if len(text) >= 3 and day.startswith(text):
             return index
-    raise InvalidInput(f"unknown weekday {value!r}: use monday..sunday or 0-6 (0 = Monday)")
+    raise InvalidInput(f"unknown weekday {_shown(value)}: use monday..sunday or 0-6 (0 = Monday)")
 
 
 def _local_slot(day: dt.date, hour: int, zone: ZoneInfo) -> dt.datetime:

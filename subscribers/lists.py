@@ -22,6 +22,7 @@ from newsletter.db import utcnow
 from newsletter.errors import InvalidInput
 from newsletter.models import Cadence, Tag
 from newsletter.tags import get_or_create_tags, parse_tag_names
+from newsletter.text import one_line
 from subscribers import suppression
 from subscribers.cadence import next_slot, parse_cadence, parse_hour, parse_timezone, parse_weekday
 from subscribers.models import (
@@ -42,6 +43,11 @@ EXPORT_COLUMNS = (*REQUIRED, *OPTIONAL)
 # Rows written per statement: large enough to amortise round trips, small enough
 # to keep each statement's parameters well under driver limits.
 WRITE_CHUNK = 2000
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's
+# "CSV injection" list): export prefixes such a cell with a quote, import removes it.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# The longest cell read; Python's csv module refuses longer ones (128 KiB) itself.
+MAX_CELL_CHARS = csv.field_size_limit()
 
 Progress = Callable[[int], None]
 
@@ -97,14 +103,49 @@ def _decode(data: bytes | str) -> str:
         ) from None
 
 
+def _needs_escape(value: str) -> bool:
+    """True when a spreadsheet would run `value`, or it looks like an escaped cell.
+
+    Escaping a cell that already starts with a quote before a formula character too
+    keeps the round trip exact: unescape(escape(v)) == v for every v.
+    """
+    if value.startswith(FORMULA_STARTS):
+        return True
+    return value.startswith("'") and _needs_escape(value[1:])
+
+
+def escape_cell(value: str) -> str:
+    """`value` as a spreadsheet shows it but never runs it (a leading quote)."""
+    return "'" + value if _needs_escape(value) else value
+
+
+def unescape_cell(value: str) -> str:
+    """The value `escape_cell` was given: a quote before a formula character is dropped."""
+    return value[1:] if value.startswith("'") and _needs_escape(value[1:]) else value
+
+
+def _records(reader: Iterator[list[str]], line: Callable[[], int]) -> Iterator[list[str]]:
+    """The reader's rows, with a malformed or oversized cell turned into a clear error."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        limit = f"{MAX_CELL_CHARS // 1024} KiB"
+        reason = f"a cell is longer than {limit}" if "field limit" in str(exc) else str(exc)
+        raise InvalidInput(f"line {line()}: {reason}; nothing was imported") from None
+
+
 def read_rows(data: bytes | str) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs; the delimiter (comma or semicolon) is read off the header."""
+    """(line number, row) pairs; the delimiter (comma or semicolon) is read off the header.
+
+    Cells come back unescaped (see `escape_cell`).
+    """
     text = _decode(data)
     first_line = text.split("\n", 1)[0]
     delimiter = ";" if first_line.count(";") > first_line.count(",") else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records = _records(reader, lambda: reader.line_num)
     try:
-        header = [h.strip().lower() for h in next(reader)]
+        header = [h.strip().lower() for h in next(records)]
     except StopIteration:
         raise InvalidInput("the file is empty: expected a header row") from None
     missing = [c for c in REQUIRED if c not in header]
@@ -112,10 +153,13 @@ def read_rows(data: bytes | str) -> Iterator[tuple[int, dict[str, str]]]:
         raise InvalidInput(
             f"missing column(s) {', '.join(missing)}: the header must name {', '.join(REQUIRED)}"
         )
-    for values in reader:
+    for values in records:
         if not any(v.strip() for v in values):
             continue
-        row = {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}
+        row = {
+            h: (unescape_cell(values[i].strip()) if i < len(values) else "")
+            for i, h in enumerate(header)
+        }
         yield reader.line_num, row
 
 
@@ -140,7 +184,8 @@ def _validate(
     return _Row(
         line=line,
         email=email,
-        name=raw.get("name", "")[:200],
+        # Like the forms: CR, LF, NUL and the rest would break every mail's To header.
+        name=one_line(raw.get("name", ""), 200),
         tag_slugs=names,
         cadence=parse_cadence(raw.get("cadence") or "immediate"),
         timezone=parse_timezone(raw.get("timezone") or "UTC"),
@@ -346,9 +391,9 @@ def export_csv(session: Session, out: TextIO) -> int:
     for subscriber in session.scalars(query):
         writer.writerow(
             [
-                subscriber.email,
-                subscriber.name,
-                ", ".join(t.name for t in subscriber.tags),
+                escape_cell(subscriber.email),
+                escape_cell(subscriber.name),
+                escape_cell(", ".join(t.name for t in subscriber.tags)),
                 subscriber.cadence.value,
                 subscriber.timezone,
                 subscriber.status.value,
@@ -365,6 +410,8 @@ __all__ = [
     "ImportReport",
     "RejectedRow",
     "SuppressionReason",
+    "escape_cell",
     "export_csv",
     "import_csv",
+    "unescape_cell",
 ]

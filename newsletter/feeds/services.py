@@ -150,7 +150,42 @@ def due_feeds(now: dt.datetime | None = None) -> list[int]:
 def poll_due(now: dt.datetime | None = None, fetcher: Fetcher = fetch_feed) -> list[PollReport]:
     """Poll every feed whose next poll time has come (each claimed, so never twice at once)."""
     now = now or utcnow()
-    return [poll_feed(feed_id, now, force=False, fetcher=fetcher) for feed_id in due_feeds(now)]
+    return poll_many(due_feeds(now), now, force=False, fetcher=fetcher)
+
+
+def poll_many(
+    feed_ids: Sequence[int],
+    now: dt.datetime | None = None,
+    *,
+    force: bool = True,
+    fetcher: Fetcher = fetch_feed,
+) -> list[PollReport]:
+    """Poll each feed in turn; one that fails in any way is recorded and the rest go on."""
+    now = now or utcnow()
+    reports: list[PollReport] = []
+    for feed_id in feed_ids:
+        try:
+            reports.append(poll_feed(feed_id, now, force=force, fetcher=fetcher))
+        except NotFound:
+            continue  # removed since the list was read
+        except Exception as exc:
+            log.exception("polling feed #%d failed unexpectedly", feed_id)
+            reports.append(_unexpected_failure(feed_id, now, exc))
+    return reports
+
+
+def _unexpected_failure(feed_id: int, now: dt.datetime, exc: Exception) -> PollReport:
+    """A report (and the feed's last error) for a failure no check foresaw."""
+    report = PollReport(feed_id, "", error=f"unexpected error: {type(exc).__name__}: {exc}"[:500])
+    try:
+        with session_scope() as session:
+            feed = session.get(Feed, feed_id)
+            if feed is not None:
+                report.url = feed.url
+                _apply_status(feed, now, report)
+    except Exception:
+        log.exception("could not record the failure of feed #%d", feed_id)
+    return report
 
 
 def poll_feed(

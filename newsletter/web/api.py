@@ -21,8 +21,9 @@ from newsletter.models import Post, Tag, post_tags
 from newsletter.posts import DuplicatePost, PostInput, add_post, update_post
 from newsletter.tags import get_or_create_tags, parse_tag_names, slugify
 from newsletter.web.auth import AUTH_RESPONSES, require_token
-from newsletter.web.deps import SessionDep
+from newsletter.web.deps import SessionDep, StrictJSONRoute
 from newsletter.web.schemas import (
+    MAX_DB_INT,
     ErrorOut,
     PostList,
     PostOut,
@@ -35,7 +36,9 @@ from newsletter.web.schemas import (
 )
 from subscribers.models import subscriber_tags
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+router = APIRouter(
+    prefix="/api", dependencies=[Depends(require_token)], route_class=StrictJSONRoute
+)
 
 R401: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": AUTH_RESPONSES[401]["description"]}
@@ -53,8 +56,8 @@ R422: dict[int | str, dict[str, Any]] = {
 }
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Items per page (1-200).")]
-Offset = Annotated[int, Query(ge=0, description="Items to skip.")]
-PostId = Annotated[int, Path(description="The post's id.")]
+Offset = Annotated[int, Query(ge=0, le=MAX_DB_INT, description="Items to skip.")]
+PostId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="The post's id.")]
 TagSlug = Annotated[str, Path(description='The tag\'s slug (a name works too: "Public Services").')]
 
 

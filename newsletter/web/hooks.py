@@ -7,7 +7,6 @@ is a JSON error with a stable code, and nothing is stored.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, status
@@ -15,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from newsletter import jsonsafe
 from newsletter.config import get_settings
 from newsletter.errors import InvalidInput
 from newsletter.web.schemas import PostPayload, WebhookError, WebhookResult
@@ -68,7 +68,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Known guid: the post was updated (or was already the same); "
         "nobody is mailed again.",
     },
-    400: _error(400, "The body is not JSON (`malformed_json`)."),
+    400: _error(
+        400,
+        "The body is not JSON as RFC 8259 defines it: not UTF-8, NaN or Infinity, a lone "
+        "surrogate escape, or nested too deeply (`malformed_json`).",
+    ),
     401: _error(
         401,
         "Signature missing or malformed, not matching, or its timestamp outside the "
@@ -145,8 +149,8 @@ async def receive(
                 f"send the post as application/json, not {media or 'no content type'}",
             )
         try:
-            raw = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raw = jsonsafe.loads(body)
+        except ValueError as exc:
             raise _Refused(
                 status.HTTP_400_BAD_REQUEST, "malformed_json", f"the body is not JSON: {exc}"
             ) from None

@@ -11,6 +11,9 @@ from newsletter.models import Post, Tag
 from newsletter.posts import PostInput
 
 TagName = Annotated[str, Field(min_length=1, max_length=120)]
+# The largest id or offset the database takes (a 32-bit INTEGER column in
+# PostgreSQL): anything above it is refused with a 422, never passed to SQL.
+MAX_DB_INT = 2**31 - 1
 
 
 class PostPayload(BaseModel):

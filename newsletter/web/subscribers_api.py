@@ -12,10 +12,15 @@ from starlette.concurrency import run_in_threadpool
 
 from newsletter.errors import InvalidInput
 from newsletter.web.auth import AUTH_RESPONSES, TokenDep
-from newsletter.web.deps import SessionDep
+from newsletter.web.deps import SessionDep, StrictJSONRoute
 from subscribers.lists import export_csv, import_csv
 
-router = APIRouter(prefix="/api/subscribers", tags=["subscribers"], responses=AUTH_RESPONSES)
+router = APIRouter(
+    prefix="/api/subscribers",
+    tags=["subscribers"],
+    responses=AUTH_RESPONSES,
+    route_class=StrictJSONRoute,
+)
 
 # Big enough for ~500,000 rows; beyond that, use the CLI beside the database.
 MAX_CSV_BYTES = 64 * 1024 * 1024
