@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from sqlalchemy import DateTime, Engine, MetaData, String, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -114,6 +115,14 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (a restart, a network
+    fault, SQLite busy): worth waiting and trying again, unlike a bad statement."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def migrations_dir() -> Path:

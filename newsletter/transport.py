@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 from newsletter.errors import InvalidInput
-from newsletter.mail import OutgoingMessage
+from newsletter.mail import OutgoingMessage, Unsendable
+from newsletter.redaction import redact_url
+from newsletter.urls import split_url
 
 
 @dataclass(frozen=True)
@@ -21,21 +24,30 @@ class SmtpConfig:
     password: str | None = None
     implicit_tls: bool = False
     starttls: bool = False
+    # Seconds for connecting and for each command's reply...
     timeout: float = 30.0
+    # ... but the reply to the end of DATA gets RFC 5321's 10 minutes (section
+    # 4.5.3.2): a server may take long to accept, and a client that gives up early
+    # and sends again makes a duplicate.
+    data_timeout: float = 600.0
 
     @classmethod
     def from_url(cls, url: str) -> SmtpConfig:
         """`smtp://user:pass@host:port`, `smtps://...`, `smtp://...?starttls=1&timeout=10`."""
-        parts = urlsplit(url)
-        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
-            raise InvalidInput(f"SMTP URL must look like smtp://user:pass@host:port, got {url!r}")
+        try:
+            parts = split_url(url, "SMTP URL")
+        except InvalidInput:
+            parts = None
+        if parts is None or parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+            shown = redact_url(url)
+            raise InvalidInput(f"SMTP URL must look like smtp://user:pass@host:port, got {shown!r}")
         query = parse_qs(parts.query)
         flag = query.get("starttls", ["0"])[0].lower() in {"1", "true", "yes"}
         try:
             port = parts.port or (465 if parts.scheme == "smtps" else 25)
             timeout = float(query.get("timeout", ["30"])[0])
         except ValueError as exc:
-            raise InvalidInput(f"bad SMTP URL {url!r}: {exc}") from None
+            raise InvalidInput(f"bad SMTP URL {redact_url(url)!r}: {exc}") from None
         return cls(
             host=parts.hostname,
             port=port,
@@ -64,7 +76,54 @@ class TemporaryFailure(Exception):
 
 
 class ConnectionLost(Exception):
-    """The server went away or never answered: this and the rest of the batch wait."""
+    """The server went away, never answered, or said 421: reconnect before going on."""
+
+
+class OutcomeUnknown(Exception):
+    """The whole message went out but no reply to its end came in time: it may have been
+    delivered, so it must not be sent again blindly. The connection is gone."""
+
+
+def _end_of_data(smtp: smtplib.SMTP, msg: bytes | str, wait: float) -> tuple[int, bytes]:
+    """smtplib's `data()`, waiting `wait` seconds (not the command timeout) for the last reply."""
+    smtp.putcmd("data")
+    code, reply = smtp.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    payload = msg.encode("ascii") if isinstance(msg, str) else bytes(msg)
+    payload = re.sub(rb"(?m)^\.", b"..", payload)
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    smtp.send(payload + b".\r\n")
+    if smtp.sock is not None:
+        smtp.sock.settimeout(wait)
+    try:
+        return smtp.getreply()
+    except smtplib.SMTPServerDisconnected as exc:
+        # smtplib turns a read timeout into "disconnected". Only a timeout leaves the
+        # message maybe delivered (the server may still be working on it); a server
+        # that closed the connection before its reply took no responsibility for the
+        # message (RFC 5321 section 6.1), so that one is sent again.
+        if isinstance(exc.__context__, TimeoutError):
+            raise OutcomeUnknown(f"no reply to the end of DATA within {wait:g} s") from None
+        raise
+    finally:
+        if smtp.sock is not None:
+            smtp.sock.settimeout(smtp.timeout)
+
+
+class _SMTP(smtplib.SMTP):
+    data_timeout = 600.0
+
+    def data(self, msg: bytes | str) -> tuple[int, bytes]:  # type: ignore[override]
+        return _end_of_data(self, msg, self.data_timeout)
+
+
+class _SMTP_SSL(smtplib.SMTP_SSL):
+    data_timeout = 600.0
+
+    def data(self, msg: bytes | str) -> tuple[int, bytes]:  # type: ignore[override]
+        return _end_of_data(self, msg, self.data_timeout)
 
 
 def _reply(raw: bytes | str) -> str:
@@ -76,7 +135,7 @@ class SmtpTransport:
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: _SMTP | _SMTP_SSL | None = None
 
     def __enter__(self) -> Self:
         self.open()
@@ -93,16 +152,20 @@ class SmtpTransport:
     def open(self) -> None:
         c = self.config
         try:
+            smtp: _SMTP | _SMTP_SSL
             if c.implicit_tls:
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                smtp = _SMTP_SSL(
                     c.host, c.port, timeout=c.timeout, context=ssl.create_default_context()
                 )
             else:
-                smtp = smtplib.SMTP(c.host, c.port, timeout=c.timeout)
+                smtp = _SMTP(c.host, c.port, timeout=c.timeout)
                 if c.starttls:
                     smtp.starttls(context=ssl.create_default_context())
+            smtp.data_timeout = c.data_timeout
             if c.username:
                 smtp.login(c.username, c.password or "")
+            # The server's extensions (SMTPUTF8) are known before the first message.
+            smtp.ehlo_or_helo_if_needed()
         except smtplib.SMTPAuthenticationError as exc:
             raise ConnectionLost(
                 f"SMTP login refused: {exc.smtp_code} {_reply(exc.smtp_error)}"
@@ -110,6 +173,11 @@ class SmtpTransport:
         except (OSError, smtplib.SMTPException) as exc:
             raise ConnectionLost(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
         self._smtp = smtp
+
+    @property
+    def connected(self) -> bool:
+        """False once the session is gone (a 421, a failed reset): reconnect to go on."""
+        return self._smtp is not None and self._smtp.sock is not None
 
     def close(self) -> None:
         if self._smtp is not None:
@@ -120,10 +188,25 @@ class SmtpTransport:
             self._smtp = None
 
     def send(self, message: OutgoingMessage) -> None:
+        """Send one message; raises PermanentFailure, TemporaryFailure, ConnectionLost,
+        OutcomeUnknown or Unsendable (this message can never go through this server)."""
         if self._smtp is None:
             raise ConnectionLost("not connected")
+        options: list[str] = []
+        if message.smtputf8:
+            if not self._smtp.has_extn("smtputf8"):
+                raise Unsendable(
+                    f"{message.recipient} has a non-ASCII local part and the SMTP server "
+                    "does not offer SMTPUTF8"
+                )
+            options.append("SMTPUTF8")
         try:
-            refused = self._smtp.sendmail(message.sender, [message.recipient], message.data)
+            refused = self._smtp.sendmail(
+                message.sender, [message.recipient], message.data, mail_options=options
+            )
+        except OutcomeUnknown:
+            self._smtp = None
+            raise
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
             raise _classify(code, _reply(reply)) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from newsletter.config import Settings, get_settings
+from newsletter.config import Settings, get_settings, settings_or_exit
 
 
 def configure(app: Celery, settings: Settings | None = None) -> Celery:
@@ -39,6 +39,11 @@ def configure(app: Celery, settings: Settings | None = None) -> Celery:
                 "task": "worker.tasks.plan_due_digests",
                 "schedule": float(settings.plan_interval),
             },
+            # Lost tasks and expired claims, found within a minute or two of a fault.
+            "sweep": {
+                "task": "worker.tasks.sweep",
+                "schedule": float(settings.sweep_interval),
+            },
             # Each feed has its own interval; this is how often beat looks for due ones.
             "poll-due-feeds": {
                 "task": "worker.tasks.poll_due_feeds",
@@ -49,4 +54,5 @@ def configure(app: Celery, settings: Settings | None = None) -> Celery:
     return app
 
 
-app = configure(Celery("newsletter", include=["worker.tasks"]))
+# Bad settings stop the worker and beat at start-up with a clear message.
+app = configure(Celery("newsletter", include=["worker.tasks"]), settings_or_exit())

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from newsletter import pipeline, planning, sending, transactional
+from newsletter.db import database_unavailable, utcnow
 from newsletter.dispatch import send_task
 from newsletter.errors import NotFound
 from newsletter.feeds import services as feeds
@@ -18,6 +19,22 @@ log = logging.getLogger(__name__)
 # Redis redelivers a delayed task that stays unacknowledged past the visibility
 # timeout (3600 s here); longer waits are left to the sweeper instead.
 MAX_COUNTDOWN = 3000
+# While the database is unreachable, a task waits this long (seconds) and runs again.
+DATABASE_RETRY_COUNTDOWN = 10
+
+
+def _retry_when_database_is_down(task: Any, exc: Exception) -> None:
+    """Retry `task` later if `exc` says the database is unreachable; otherwise return.
+
+    The database coming back is the common case (a restart): waiting here resumes
+    within seconds, instead of leaving the work to the sweeper.
+    """
+    if task.request.is_eager or not database_unavailable(exc):
+        return
+    log.warning(
+        "%s: database unreachable, retrying in %d s: %s", task.name, DATABASE_RETRY_COUNTDOWN, exc
+    )
+    raise task.retry(countdown=DATABASE_RETRY_COUNTDOWN, exc=exc) from None
 
 
 def _dispatch(delivery_ids: list[int]) -> int:
@@ -27,10 +44,14 @@ def _dispatch(delivery_ids: list[int]) -> int:
     return len(batches)
 
 
-@app.task(name="worker.tasks.post_published", acks_late=True)
-def post_published(post_id: int) -> dict[str, Any]:
+@app.task(name="worker.tasks.post_published", bind=True, acks_late=True, max_retries=None)
+def post_published(self: Any, post_id: int) -> dict[str, Any]:
     """A post was committed: plan its immediate readers and hand their mail to senders."""
-    report = planning.plan_for_post(post_id)
+    try:
+        report = planning.plan_for_post(post_id)
+    except Exception as exc:
+        _retry_when_database_is_down(self, exc)
+        raise
     batches = _dispatch(report.deliveries)
     return {"deliveries": len(report.deliveries), "batches": batches, **report.skipped}
 
@@ -46,12 +67,33 @@ def plan_due_digests(now_iso: str | None = None) -> dict[str, Any]:
 @app.task(name="worker.tasks.send_batch", bind=True, acks_late=True, max_retries=None)
 def send_batch(self: Any, delivery_ids: list[int]) -> dict[str, Any]:
     """Send one batch over one SMTP connection; retry the deferred ones with backoff."""
-    report = sending.send_batch(delivery_ids)
+    try:
+        report = sending.send_batch(delivery_ids)
+    except Exception as exc:
+        _retry_when_database_is_down(self, exc)
+        raise
     if report.deferred and not self.request.is_eager and report.retry_in <= MAX_COUNTDOWN:
         raise self.retry(args=[report.deferred], countdown=report.retry_in)
     # Otherwise the deferred rows wait, queued with next_attempt_at, for the sweeper
     # in plan_due_digests (in-process runs: the next `digests run`).
-    return {"sent": report.sent, "failed": report.failed, "deferred": len(report.deferred)}
+    return {
+        "sent": report.sent,
+        "failed": report.failed,
+        "deferred": len(report.deferred),
+        "unknown": report.unknown,
+    }
+
+
+@app.task(name="worker.tasks.sweep", acks_late=True)
+def sweep() -> dict[str, Any]:
+    """Beat's frequent job, without the planning pass: posts whose task was lost, queued
+    deliveries whose task was lost or whose retry is due, and batches whose sender died
+    (lease expired) go back to workers. A duplicate task finds nothing to claim."""
+    posts = planning.unplanned_posts(utcnow())
+    for post_id in posts:
+        send_task("post_published", post_id)
+    stranded = planning.stranded_deliveries()
+    return {"posts": len(posts), "deliveries": len(stranded), "batches": _dispatch(stranded)}
 
 
 @app.task(

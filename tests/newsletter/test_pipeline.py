@@ -226,7 +226,7 @@ def test_batch_of_a_dead_worker_is_taken_over_once(smtp: ScriptedHandler, t0: dt
     # Another sender handed the same ids while the lease holds sends nothing...
     assert sending.send_batch(report.deliveries, day).sent == 0
     # ... and after the lease, the sweeper takes it over, exactly once.
-    after = day + planning.SENDING_LEASE + dt.timedelta(seconds=1)
+    after = day + planning.sending_lease() + dt.timedelta(seconds=1)
     assert run_due(after).send.sent == 1
     assert run_due(after + HOUR).send.sent == 0
     assert len(smtp.messages) == 1
