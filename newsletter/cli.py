@@ -688,6 +688,12 @@ def demo(
     run_demo(directory, console)
 
 
+# The console's staff accounts; imported last because that module uses `user_errors`.
+from newsletter.console.cli import users_app  # noqa: E402
+
+app.add_typer(users_app, name="users")
+
+
 def main() -> None:
     app()
 

@@ -225,5 +225,7 @@ __all__ = [
     "post_tags",
 ]
 
-# Delivery refers to Subscriber by name: make sure it is mapped whenever models are.
+# Delivery refers to Subscriber by name: make sure it is mapped whenever models are;
+# the console's tables (staff, sessions, audit log) too, so migrations see them.
+import newsletter.console.models  # noqa: E402, F401
 import subscribers.models  # noqa: E402, F401

@@ -38,6 +38,10 @@ TABLES = [
     "signup_attempts",
     "api_tokens",
     "tags",
+    "audit_entries",
+    "staff_sessions",
+    "staff_login_attempts",
+    "staff_users",
 ]
 
 BASE_ENV = {

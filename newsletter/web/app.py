@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter import __version__
 from newsletter.config import get_settings, settings_or_exit
+from newsletter.console import views as console_views
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.redaction import RedactingFilter
 from newsletter.templating import templates_dir
@@ -93,6 +94,7 @@ def create_app() -> FastAPI:
     app.include_router(subscribers_api.router)
     app.include_router(api.router)
     app.include_router(hooks.router)
+    app.include_router(console_views.router)
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput) -> HTMLResponse:

@@ -1,0 +1,120 @@
+"""`newsletter users ...`: the console's staff accounts from the command line.
+
+The first admin can only be made here; after that admins can also use /admin/staff.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.table import Table
+
+from newsletter import db
+from newsletter.console import services
+from newsletter.errors import InvalidInput
+from subscribers.services import normalize_email
+
+users_app = typer.Typer(no_args_is_help=True, help="Staff accounts for the console at /admin/.")
+
+CLI_ACTOR = "(command line)"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """The main command's error handling, looked up when the command runs: `newsletter.cli`
+    imports this module to register it, so it cannot be imported from here at load time."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from newsletter.cli import user_errors as handled
+
+        return handled(func)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print(message: str) -> None:
+    from newsletter.cli import console
+
+    console.print(message, highlight=False)
+
+
+def read_password(from_stdin: bool) -> str:
+    """One line from stdin, or typed twice (hidden) at a terminal."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise InvalidInput("--password-stdin: nothing was read from standard input")
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise InvalidInput(
+            "standard input is not a terminal: pass the password with --password-stdin"
+        )
+    first = typer.prompt("Password", hide_input=True)
+    services.check_password(first)
+    second = typer.prompt("Repeat the password", hide_input=True)
+    if first != second:
+        raise InvalidInput("the two passwords differ")
+    return str(first)
+
+
+@users_app.command("create")
+@user_errors
+def users_create(
+    email: Annotated[str, typer.Argument(help="The person's email address (their login).")],
+    role: Annotated[str, typer.Option(help="admin or editor.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Create a staff account; the password is prompted for, or read from stdin."""
+    staff_role = services.parse_role(role)
+    address = normalize_email(email)
+    password = services.check_password(read_password(password_stdin))
+    with db.session_scope() as session:
+        user = services.create_user(session, address, staff_role, password)
+        services.audit(
+            session,
+            "staff_created",
+            actor_email=CLI_ACTOR,
+            target=user.email,
+            detail={"role": user.role.value},
+        )
+    _print(f"created {staff_role.value} [bold]{address}[/]")
+
+
+@users_app.command("list")
+@user_errors
+def users_list() -> None:
+    """Every staff account, by address."""
+    table = Table("email", "role", "created", "last sign-in")
+    with db.session_scope() as session:
+        for user in services.list_users(session):
+            table.add_row(
+                user.email,
+                user.role.value,
+                f"{user.created_at:%Y-%m-%d %H:%M}",
+                f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never",
+            )
+    from newsletter.cli import console
+
+    console.print(table)
+
+
+@users_app.command("remove")
+@user_errors
+def users_remove(email: Annotated[str, typer.Argument(help="The account's address.")]) -> None:
+    """Delete a staff account and end its sessions; the audit log keeps its address."""
+    with db.session_scope() as session:
+        user = services.get_user(session, email)
+        address, role = user.email, user.role.value
+        services.remove_user(session, user)
+        services.audit(
+            session, "staff_removed", actor_email=CLI_ACTOR, target=address, detail={"role": role}
+        )
+    _print(f"removed [bold]{address}[/]")
