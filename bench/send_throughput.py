@@ -76,7 +76,7 @@ def main() -> None:
         session.execute(
             insert(subscriber_tags),
             [
-                {"subscriber_id": sid, "tag_id": tags[i % args.groups].id}
+                {"subscriber_id": sid, "tag_id": tags[i % args.groups].id, "created_at": t0}
                 for i, sid in enumerate(ids)
             ],
         )
