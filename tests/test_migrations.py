@@ -71,3 +71,30 @@ def test_models_and_migrations_agree(empty_url: str) -> None:
     with db.get_engine(empty_url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_addresses_stored_before_normalisation_are_rewritten(empty_url: str) -> None:
+    db.upgrade(empty_url, "0005")
+    engine = db.get_engine(empty_url)
+    stored = {
+        "\uff54\uff45\uff53\uff54@example.org": "test@example.org",  # full-width
+        "ana@xn--bcher-kva.de": "ana@b\u00fccher.de",  # punycode domain
+        "ben@example.org": "ben@example.org",  # already in today's form
+        # Its normal form is taken by the row above: left for an admin.
+        "ben@xn--exmple-cua.org": "ben@xn--exmple-cua.org",
+        "ben@ex\u00e4mple.org": "ben@ex\u00e4mple.org",
+    }
+    with engine.begin() as conn:
+        for n, email in enumerate(stored):
+            conn.execute(
+                text(
+                    "INSERT INTO subscribers (uid, email, name, status, cadence, timezone,"
+                    " send_hour, send_weekday, subscribed_at, created_at, updated_at)"
+                    " VALUES (:uid, :email, '', 'active', 'daily', 'UTC', 8, 0, :t, :t, :t)"
+                ),
+                {"uid": f"u{n}", "email": email, "t": "2026-01-01 00:00:00+00:00"},
+            )
+    db.upgrade(empty_url)
+    with engine.begin() as conn:
+        emails = set(conn.execute(text("SELECT email FROM subscribers")).scalars())
+    assert emails == set(stored.values())
