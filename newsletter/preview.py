@@ -1,4 +1,10 @@
-"""What a reader would get now, for editors, through the same rendering path as a send."""
+"""What a reader would get now, for editors, through the same rendering path as a send.
+
+A preview for a tag set belongs to no reader: its preferences and unsubscribe links
+open a page explaining that they are samples, never "this subscription no longer
+exists". Before the first post exists, the console can preview sample posts, built
+in memory and never stored.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +16,24 @@ from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
 from newsletter.errors import InvalidInput
-from newsletter.models import Cadence, Post, post_tags
+from newsletter.mail import OutgoingMessage, new_message_id
+from newsletter.models import Cadence, Delivery, Digest, Post, Tag, post_tags
 from newsletter.personalize import fill
 from newsletter.planning import pending_posts
 from newsletter.rendering import render_digest
-from newsletter.sending import personal_values
+from newsletter.sending import digest_headers, message_for, personal_values
 from newsletter.tags import existing_tags, parse_tag_names
+from newsletter.text import one_line
 from subscribers.cadence import parse_cadence
 from subscribers.models import Subscriber
 from subscribers.services import get_by_email
 
 RECENT_LIMIT = 10
+SAMPLE_LINK_PATH = "/admin/preview/sample-link"
+SAMPLE_POSTS = (
+    ("Sample: a first post", "A sample summary: the first lines of a real post go here."),
+    ("Sample: a second post", "Sample posts show the layout before any post exists."),
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,36 @@ class Preview:
     text: str
     posts: list[Post]
     pending: bool
+    # The reader's copy exactly as it would go on the wire (headers included).
+    message: OutgoingMessage
+    # The list headers of that copy, for a test copy sent to someone else.
+    headers: dict[str, str]
+    # The posts are samples built in memory: nothing was published yet.
+    sample: bool = False
+
+
+def sample_link(which: str) -> str:
+    """Where a sample preview's links lead: a page saying what the real link would do."""
+    return f"{get_settings().public_base_url}{SAMPLE_LINK_PATH}?link={which}"
+
+
+def sample_posts(tag_names: list[str], now: dt.datetime) -> list[Post]:
+    """Posts that look like real ones, clearly marked, never added to a session."""
+    tags = [Tag(name=name, slug=name) for name in tag_names]
+    return [
+        Post(
+            id=-n,
+            guid=f"sample-{n}",
+            title=title,
+            url=sample_link("post"),
+            author=None,
+            summary=summary,
+            published_at=now - dt.timedelta(hours=n),
+            received_at=now,
+            tags=tags,
+        )
+        for n, (title, summary) in enumerate(SAMPLE_POSTS, start=1)
+    ]
 
 
 def _recent_for_tags(session: Session, tag_ids: list[int]) -> list[Post]:
@@ -50,8 +93,16 @@ def build_preview(
     frequency: str | None,
     subscriber_email: str | None,
     now: dt.datetime,
+    samples: bool = False,
+    sample_links: bool = False,
 ) -> Preview:
-    """The subscriber's pending digest, or the recent posts for the tags if nothing is pending."""
+    """The subscriber's pending digest, or the recent posts for the tags if nothing is pending.
+
+    With `samples`, a tag set no post carries yet is previewed with sample posts. With
+    `sample_links` (a test copy mailed to staff), a reader's own links are replaced too:
+    a click in someone else's inbox must not unsubscribe them.
+    """
+    settings = get_settings()
     if subscriber_email:
         subscriber = get_by_email(session, subscriber_email)
         cadence = parse_cadence(frequency) if frequency else subscriber.cadence
@@ -68,22 +119,37 @@ def build_preview(
             uid="preview",
             cadence=cadence,
             timezone="UTC",
-            send_hour=get_settings().default_send_hour,
+            send_hour=settings.default_send_hour,
         )
         subscriber.tags = existing_tags(session, parse_tag_names(tags))
         posts = []
     pending = bool(posts)
     if not posts:
         posts = _recent_for_tags(session, [t.id for t in subscriber.tags])
+    sample = not posts and samples and not subscriber_email
+    if sample:
+        posts = sample_posts([t.name for t in subscriber.tags], now)
+    if not posts and subscriber_email:
+        raise InvalidInput(
+            f"nothing new for {subscriber.email}, and no post carries their tags yet"
+        )
     if not posts:
         raise InvalidInput("no posts carry these tags yet: nothing to preview")
     subscriber.cadence = cadence
     rendered = render_digest(posts, cadence)
-    values = personal_values(subscriber, get_settings())
+    values = personal_values(subscriber, settings)
+    if sample_links or not subscriber_email:
+        values["PREFERENCES_URL"] = sample_link("preferences")
+        values["UNSUBSCRIBE_URL"] = sample_link("unsubscribe")
+    digest = Digest(subject=rendered.subject, html=rendered.html, text=rendered.text)
+    delivery = Delivery(message_id=new_message_id(settings.from_))
     return Preview(
-        subject=fill(rendered.subject, values, escape=False),
+        subject=one_line(fill(rendered.subject, values, escape=False), 300),
         html=fill(rendered.html, values, escape=True),
         text=fill(rendered.text, values, escape=False),
         posts=posts,
         pending=pending,
+        message=message_for(delivery, digest, subscriber, settings, values),
+        headers=digest_headers(values["UNSUBSCRIBE_URL"], settings),
+        sample=sample,
     )

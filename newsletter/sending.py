@@ -128,13 +128,29 @@ def personal_values(subscriber: Subscriber, settings: Settings) -> dict[str, str
     }
 
 
-def message_for(
-    delivery: Delivery, digest: Digest, subscriber: Subscriber, settings: Settings
-) -> OutgoingMessage:
-    """A reader's copy: substitution into the shared rendering, never a new rendering."""
-    values = personal_values(subscriber, settings)
-    unsubscribe = values["UNSUBSCRIBE_URL"]
+def digest_headers(unsubscribe: str, settings: Settings) -> dict[str, str]:
+    """The list headers every copy of a digest carries (a test copy too)."""
     domain = settings.from_.rpartition("@")[2] or "localhost"
+    return {
+        "List-Unsubscribe": f"<{unsubscribe}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        "List-Id": f"{one_line(settings.site_name)} <digest.{domain}>",
+        "Precedence": "bulk",
+        "Auto-Submitted": "auto-generated",
+    }
+
+
+def message_for(
+    delivery: Delivery,
+    digest: Digest,
+    subscriber: Subscriber,
+    settings: Settings,
+    values: dict[str, str] | None = None,
+) -> OutgoingMessage:
+    """A reader's copy: substitution into the shared rendering, never a new rendering.
+
+    `values` replaces the reader's personal values (a preview's sample links)."""
+    values = values or personal_values(subscriber, settings)
     return build_message(
         from_name=settings.from_name,
         from_address=settings.from_,
@@ -144,13 +160,7 @@ def message_for(
         text=fill(digest.text, values, escape=False),
         html=fill(digest.html, values, escape=True),
         message_id=delivery.message_id,
-        headers={
-            "List-Unsubscribe": f"<{unsubscribe}>",
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            "List-Id": f"{one_line(settings.site_name)} <digest.{domain}>",
-            "Precedence": "bulk",
-            "Auto-Submitted": "auto-generated",
-        },
+        headers=digest_headers(values["UNSUBSCRIBE_URL"], settings),
     )
 
 
