@@ -55,6 +55,8 @@ class NavItem:
 NAV = (
     NavItem("dashboard", "Dashboard", "/admin/"),
     NavItem("posts", "Posts", "/admin/posts"),
+    NavItem("preview", "Preview", "/admin/preview"),
+    NavItem("subscribers", "Subscribers", "/admin/subscribers", admin_only=True),
     NavItem("staff", "Staff", "/admin/staff", admin_only=True),
     NavItem("audit", "Audit log", "/admin/audit", admin_only=True),
 )

@@ -12,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter import __version__
 from newsletter.config import get_settings, settings_or_exit
+from newsletter.console import preview as console_preview
+from newsletter.console import subscribers as console_subscribers
 from newsletter.console import views as console_views
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.redaction import RedactingFilter
@@ -95,6 +97,8 @@ def create_app() -> FastAPI:
     app.include_router(api.router)
     app.include_router(hooks.router)
     app.include_router(console_views.router)
+    app.include_router(console_preview.router)
+    app.include_router(console_subscribers.router)
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput) -> HTMLResponse:
