@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -71,3 +72,12 @@ def actions() -> list[tuple[str, str]]:
     with session_scope() as session:
         rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id))
         return [(r.action, r.target) for r in rows]
+
+
+def browser_sign_in(page: Any, base: str, email: str, password: str = PASSWORD) -> None:
+    """Sign in through the login form in a real browser and land on the dashboard."""
+    page.goto(f"{base}/admin/login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/admin/")

@@ -18,7 +18,14 @@ from newsletter.models import Delivery, Post
 from tests.browser import launch_chromium
 from tests.cli_runner import count, run
 from tests.conftest import ScriptedHandler
-from tests.console.conftest import EDITOR, PASSWORD, actions, client, form_token, signed_in
+from tests.console.conftest import (
+    EDITOR,
+    actions,
+    browser_sign_in,
+    client,
+    form_token,
+    signed_in,
+)
 from tests.console.test_console_browser import script_problem, serve
 
 if TYPE_CHECKING:
@@ -217,11 +224,7 @@ def test_preview_in_the_browser(preview_server: str, smtp: ScriptedHandler, tmp_
     with launch_chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("console", script_problem(problems))
-        page.goto(f"{base}/admin/login")
-        page.fill("input[name=email]", EDITOR)
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{base}/admin/")
+        browser_sign_in(page, base, EDITOR)
 
         page.click("nav >> text=Preview")
         page.wait_for_url(f"{base}/admin/preview")

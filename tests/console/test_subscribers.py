@@ -24,7 +24,14 @@ from subscribers.services import SubscriberInput, add_subscriber
 from tests.browser import launch_chromium
 from tests.cli_runner import count
 from tests.conftest import ScriptedHandler
-from tests.console.conftest import ADMIN, EDITOR, PASSWORD, actions, form_token, signed_in
+from tests.console.conftest import (
+    ADMIN,
+    EDITOR,
+    actions,
+    browser_sign_in,
+    form_token,
+    signed_in,
+)
 from tests.console.test_console_browser import script_problem, serve
 from tests.factories import make_post, make_subscriber
 
@@ -284,11 +291,7 @@ def test_admin_finds_a_reader_and_suppresses_them_in_the_browser(
     with launch_chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.on("console", script_problem(problems))
-        page.goto(f"{base}/admin/login")
-        page.fill("input[name=email]", ADMIN)
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{base}/admin/")
+        browser_sign_in(page, base, ADMIN)
 
         page.click("nav >> text=Subscribers")
         page.wait_for_url(f"{base}/admin/subscribers")
