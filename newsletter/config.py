@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     trusted_proxies: str = ""
     # Deprecated: `true` means NEWSLETTER_TRUSTED_PROXIES=1 (one proxy in front).
     trust_proxy: bool = False
+    # Where the console's "Send me a test" also goes (comma-separated addresses), for
+    # a team that checks every issue in the same shared inboxes.
+    test_addresses: str = ""
+    # Sent digests served as public web pages per listed tag, with an Atom feed.
+    public_archive: bool = False
 
     @field_validator("broker_url", "smtp_url", "webhook_secret", mode="before")
     @classmethod

@@ -151,6 +151,8 @@ def _print_summary(console: Console, outbox: Path) -> None:
         for delivery in session.scalars(
             select(Delivery).where(Delivery.status == DeliveryStatus.SENT)
         ):
+            if delivery.subscriber_id is None:
+                continue
             counts[delivery.subscriber_id] += 1
             received[delivery.subscriber_id].extend(delivery.post_ids)
         for s in session.scalars(select(Subscriber).order_by(Subscriber.id)):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Enum,
     ForeignKey,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -68,6 +70,10 @@ class Tag(Base):
     id: Mapped[intpk]
     slug: Mapped[str] = mapped_column(String(120), unique=True)
     name: Mapped[str] = mapped_column(String(120))
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Offered on the sign-up and preference pages; an unlisted tag is still followed
+    # by whoever follows it, it is just not offered to new readers.
+    listed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[created_ts]
 
     def __repr__(self) -> str:
@@ -94,6 +100,10 @@ class Post(Base):
     # (the rest of each digest still goes) until an edit clears it.
     failed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     failed_reason: Mapped[str | None] = mapped_column(Text)
+    # Held by an editor: planning leaves the post out for everyone until it is
+    # released; readers' eligibility (by arrival) is unchanged, so a release sends it.
+    held_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    held_by: Mapped[str | None] = mapped_column(String(320))
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     # Where it came from: cli, api, webhook, feed (feed_id says which), import, or
     # backlog: found on a feed's first poll, stored as already published, never mailed.
@@ -139,6 +149,8 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # The first characters, so an admin can tell tokens apart without the secret.
     prefix: Mapped[str] = mapped_column(String(16))
+    # What the token may reach, with the console's roles: "admin" or "editor".
+    role: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
     created_at: Mapped[created_ts]
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
@@ -172,7 +184,11 @@ class Delivery(Base):
     )
 
     id: Mapped[intpk]
-    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    # NULL once the reader is deleted with their personal data: the row stays, so
+    # the digest's sent / failed / skipped counts stay true.
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL")
+    )
     digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"), index=True)
     status: Mapped[DeliveryStatus] = mapped_column(
         str_enum(DeliveryStatus, "delivery_status"), default=DeliveryStatus.QUEUED
@@ -188,7 +204,7 @@ class Delivery(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
     digest: Mapped[Digest] = relationship()
-    subscriber: Mapped[Subscriber] = relationship()
+    subscriber: Mapped[Subscriber | None] = relationship()
     posts: Mapped[list[DeliveryPost]] = relationship(back_populates="delivery", lazy="selectin")
 
     @property

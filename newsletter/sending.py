@@ -394,7 +394,10 @@ class _Relay:
                 log.debug("closing an SMTP connection: %s", describe(exc))
 
 
-def _skip_reason(subscriber: Subscriber) -> str | None:
+def _skip_reason(subscriber: Subscriber | None) -> str | None:
+    if subscriber is None:
+        # Deleted with their personal data after the row was planned.
+        return "subscriber_deleted"
     if subscriber.status is SubscriberStatus.ACTIVE:
         return None
     return f"subscriber_{subscriber.status.value}"
@@ -449,11 +452,11 @@ def _load_sendable(session: Session, claimed: list[int], report: SendReport) -> 
             .order_by(Delivery.id)
         )
     )
-    blocked = suppressed_among(session, [d.subscriber.email for d in deliveries])
+    blocked = suppressed_among(session, [d.subscriber.email for d in deliveries if d.subscriber])
     sendable: list[Delivery] = []
     for delivery in deliveries:
         reason = _skip_reason(delivery.subscriber)
-        if reason is None and delivery.subscriber.email in blocked:
+        if reason is None and delivery.subscriber and delivery.subscriber.email in blocked:
             reason = "suppressed"
         if reason:
             delivery.status = DeliveryStatus.SKIPPED
@@ -513,8 +516,11 @@ def _attempt(
     report: SendReport,
 ) -> Outcome:
     """Build and send one reader's copy; whatever goes wrong is that reader's outcome alone."""
+    reader = delivery.subscriber
+    if reader is None:  # deleted after it was loaded: nobody to send to
+        return _failed(delivery, "the reader was deleted", report)
     try:
-        message = message_for(delivery, delivery.digest, delivery.subscriber, settings)
+        message = message_for(delivery, delivery.digest, reader, settings)
     except Exception as exc:
         log.warning("delivery #%d cannot be built: %s", delivery.id, describe(exc))
         return _failed(delivery, f"cannot build the message: {describe(exc)}", report)
@@ -524,7 +530,7 @@ def _attempt(
         # A 5xx for this address: never mail it again until an admin says so.
         relay.answered()
         outcome = _failed(delivery, str(exc), report)
-        outcome.suppress = (delivery.subscriber.email, str(exc))
+        outcome.suppress = (reader.email, str(exc))
         return outcome
     except TemporaryFailure as exc:
         relay.answered()

@@ -93,6 +93,22 @@ class Suppression(Base):
     created_at: Mapped[created_ts]
 
 
+class SuppressionEvent(Base):
+    """The history of an address on the suppression list: every add, change and lift,
+    with who or what did it. Kept when the suppression is lifted."""
+
+    __tablename__ = "suppression_events"
+
+    id: Mapped[intpk]
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    # "added", "changed" or "lifted"
+    action: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(String(2000))
+    actor: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[created_ts]
+
+
 class SignupAttempt(Base):
     """One sign-up request, kept briefly to rate-limit by IP and by address."""
 

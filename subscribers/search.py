@@ -72,6 +72,41 @@ def parse_cadence_filter(raw: str | None) -> Cadence | None:
     return parse_cadence(one_line(raw, 40))
 
 
+def filter_clauses(
+    q: str | None = None,
+    tag: str | None = None,
+    status: SubscriberStatus | str | None = None,
+    cadence: Cadence | str | None = None,
+) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of a search, for every query over a selection (a page, a bulk
+    action, an export): one definition of "the readers this filter shows"."""
+    wanted_status = status if isinstance(status, SubscriberStatus) else parse_status(status)
+    wanted_cadence = cadence if isinstance(cadence, Cadence) else parse_cadence_filter(cadence)
+    clauses: list[ColumnElement[bool]] = []
+    text = (q or "").strip().lower()[:MAX_QUERY_CHARS]
+    if text:
+        clauses.append(
+            or_(
+                prefix_range(Subscriber.email, text),
+                prefix_range(func.lower(Subscriber.name), text),
+            )
+        )
+    slug = (tag or "").strip().lower()
+    if slug:
+        clauses.append(
+            exists().where(
+                subscriber_tags.c.subscriber_id == Subscriber.id,
+                subscriber_tags.c.tag_id
+                == select(Tag.id).where(Tag.slug == slug).scalar_subquery(),
+            )
+        )
+    if wanted_status is not None:
+        clauses.append(Subscriber.status == wanted_status)
+    if wanted_cadence is not None:
+        clauses.append(Subscriber.cadence == wanted_cadence)
+    return clauses
+
+
 def search_subscribers(
     session: Session,
     q: str | None = None,
@@ -86,30 +121,12 @@ def search_subscribers(
     `after`. An unknown tag finds nobody; an unknown status or cadence is refused."""
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidInput(f"a page holds 1 to {MAX_PAGE_SIZE} readers")
-    wanted_status = status if isinstance(status, SubscriberStatus) else parse_status(status)
-    wanted_cadence = cadence if isinstance(cadence, Cadence) else parse_cadence_filter(cadence)
-    query = select(Subscriber).order_by(Subscriber.email, Subscriber.id).limit(limit + 1)
-    text = (q or "").strip().lower()[:MAX_QUERY_CHARS]
-    if text:
-        query = query.where(
-            or_(
-                prefix_range(Subscriber.email, text),
-                prefix_range(func.lower(Subscriber.name), text),
-            )
-        )
-    slug = (tag or "").strip().lower()
-    if slug:
-        query = query.where(
-            exists().where(
-                subscriber_tags.c.subscriber_id == Subscriber.id,
-                subscriber_tags.c.tag_id
-                == select(Tag.id).where(Tag.slug == slug).scalar_subquery(),
-            )
-        )
-    if wanted_status is not None:
-        query = query.where(Subscriber.status == wanted_status)
-    if wanted_cadence is not None:
-        query = query.where(Subscriber.cadence == wanted_cadence)
+    query = (
+        select(Subscriber)
+        .where(*filter_clauses(q, tag, status, cadence))
+        .order_by(Subscriber.email, Subscriber.id)
+        .limit(limit + 1)
+    )
     if after:
         query = query.where(Subscriber.email > after[:MAX_QUERY_CHARS])
     found: Sequence[Subscriber] = session.scalars(query).all()

@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from newsletter.db import Base, UTCDateTime, created_ts, intpk
@@ -93,4 +93,29 @@ class AuditEntry(Base):
     created_at: Mapped[created_ts]
 
 
-__all__ = ["AuditEntry", "LoginAttempt", "StaffRole", "StaffSession", "StaffUser"]
+class ConsoleJob(Base):
+    """A long console action run by a worker (a bulk action, a CSV import): its
+    progress for the page that watches it, and its report when done."""
+
+    __tablename__ = "console_jobs"
+
+    id: Mapped[intpk]
+    # "bulk_tag_add", "bulk_tag_remove", "bulk_pause", "bulk_unsubscribe",
+    # "bulk_delete", "import"
+    kind: Mapped[str] = mapped_column(String(32))
+    # The selection (the list's filters) and the action's argument, as JSON.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # "queued", "running", "done", "failed"
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[created_ts]
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+__all__ = ["AuditEntry", "ConsoleJob", "LoginAttempt", "StaffRole", "StaffSession", "StaffUser"]

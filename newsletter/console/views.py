@@ -23,7 +23,6 @@ from newsletter.console.security import (
     AdminDep,
     ConsoleRoute,
     CsrfDep,
-    EditorDep,
     Staff,
     check_login_csrf,
     clear_cookie,
@@ -34,7 +33,6 @@ from newsletter.console.security import (
 )
 from newsletter.db import session_scope
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.posts import recent_posts
 from newsletter.web.rendering import render_page
 
 router = APIRouter(prefix="/admin", include_in_schema=False, route_class=ConsoleRoute)
@@ -55,8 +53,14 @@ class NavItem:
 NAV = (
     NavItem("dashboard", "Dashboard", "/admin/"),
     NavItem("posts", "Posts", "/admin/posts"),
+    NavItem("upcoming", "Upcoming", "/admin/upcoming"),
     NavItem("preview", "Preview", "/admin/preview"),
+    NavItem("archive", "Archive", "/admin/archive"),
+    NavItem("tags", "Tags", "/admin/tags"),
     NavItem("subscribers", "Subscribers", "/admin/subscribers", admin_only=True),
+    NavItem("suppressions", "Suppressions", "/admin/suppressions", admin_only=True),
+    NavItem("feeds", "Feeds", "/admin/feeds", admin_only=True),
+    NavItem("tokens", "API tokens", "/admin/tokens", admin_only=True),
     NavItem("staff", "Staff", "/admin/staff", admin_only=True),
     NavItem("audit", "Audit log", "/admin/audit", admin_only=True),
 )
@@ -190,18 +194,6 @@ def logout(request: Request, staff: CsrfDep) -> Response:
 
 
 # -- pages ------------------------------------------------------------------------
-
-
-@router.get("/")
-def dashboard(staff: EditorDep) -> HTMLResponse:
-    return page("dashboard.html", staff, "dashboard")
-
-
-@router.get("/posts")
-def posts(staff: EditorDep) -> HTMLResponse:
-    with session_scope() as session:
-        rows = recent_posts(session, 50)
-        return page("posts.html", staff, "posts", posts=rows)
 
 
 STAFF_NOTICES = {"created": "Account created.", "removed": "Account removed."}

@@ -12,13 +12,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter import __version__
 from newsletter.config import get_settings, settings_or_exit
-from newsletter.console import preview as console_preview
-from newsletter.console import subscribers as console_subscribers
-from newsletter.console import views as console_views
+from newsletter.console.routes import CONSOLE_ROUTERS
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.redaction import RedactingFilter
 from newsletter.templating import templates_dir
-from newsletter.web import api, docs, hooks, subscriber_pages, subscribers_api
+from newsletter.web import api, archive, docs, hooks, subscriber_pages, subscribers_api
 from newsletter.web.rendering import render_page
 
 # Pages load styles and scripts from /static only; nothing may frame them, and no
@@ -96,9 +94,9 @@ def create_app() -> FastAPI:
     app.include_router(subscribers_api.router)
     app.include_router(api.router)
     app.include_router(hooks.router)
-    app.include_router(console_views.router)
-    app.include_router(console_preview.router)
-    app.include_router(console_subscribers.router)
+    app.include_router(archive.router)
+    for router in CONSOLE_ROUTERS:
+        app.include_router(router)
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: InvalidInput) -> HTMLResponse:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -13,7 +17,12 @@ from newsletter.console import services
 from newsletter.console.models import AuditEntry
 from newsletter.console.security import LOGIN_CSRF_COOKIE
 from newsletter.db import session_scope
+from newsletter.outbox import free_port
 from newsletter.web.app import create_app
+from tests.conftest import apply_env
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ConsoleMessage
 
 PASSWORD = "correct horse battery staple"
 ADMIN = "ada@example.org"
@@ -81,3 +90,42 @@ def browser_sign_in(page: Any, base: str, email: str, password: str = PASSWORD) 
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}/admin/")
+
+
+def script_problem(problems: list[str]) -> Callable[[ConsoleMessage], None]:
+    """A console listener keeping errors other than an HTTP status (the 401 of a wrong
+    password, the favicon's 404): a CSP refusal or a script error."""
+
+    def listen(message: ConsoleMessage) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            problems.append(message.text)
+
+    return listen
+
+
+def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    apply_env(monkeypatch, NEWSLETTER_BASE_URL=base)
+    config = uvicorn.Config(
+        create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def console_server(staff: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The app served by uvicorn on a free loopback port, with an admin and an editor."""
+    yield from serve(monkeypatch)

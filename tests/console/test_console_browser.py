@@ -6,64 +6,18 @@ playwright (see tests/browser.py); a missing piece fails the test.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
 
-from newsletter.outbox import free_port
-from newsletter.web.app import create_app
 from tests.browser import launch_chromium
-from tests.conftest import apply_env
-from tests.console.conftest import ADMIN, PASSWORD, actions
+from tests.console.conftest import ADMIN, PASSWORD, actions, script_problem, serve
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from playwright.sync_api import ConsoleMessage, Route
-
-
-def script_problem(problems: list[str]) -> Callable[[ConsoleMessage], None]:
-    """A console listener keeping errors other than an HTTP status (the 401 of a wrong
-    password, the favicon's 404): a CSP refusal or a script error."""
-
-    def listen(message: ConsoleMessage) -> None:
-        if message.type == "error" and not message.text.startswith("Failed to load resource"):
-            problems.append(message.text)
-
-    return listen
-
-
-def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    apply_env(monkeypatch, NEWSLETTER_BASE_URL=base)
-    config = uvicorn.Config(
-        create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@pytest.fixture
-def console_server(staff: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    yield from serve(monkeypatch)
+    from playwright.sync_api import Route
 
 
 @pytest.fixture

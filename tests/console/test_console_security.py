@@ -287,12 +287,12 @@ def test_audit_log_is_paged_by_keyset_newest_first() -> None:
 def test_an_unexpected_error_shows_a_page_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from newsletter.console import views
+    from newsletter.console import posts
 
     def broken(*_: object) -> None:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(views, "recent_posts", broken)
+    monkeypatch.setattr(posts, "recent_posts", broken)
     response = signed_in(EDITOR).get("/admin/posts")
     assert response.status_code == 500
     assert "Something went wrong" in response.text

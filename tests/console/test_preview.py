@@ -24,9 +24,10 @@ from tests.console.conftest import (
     browser_sign_in,
     client,
     form_token,
+    script_problem,
+    serve,
     signed_in,
 )
-from tests.console.test_console_browser import script_problem, serve
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

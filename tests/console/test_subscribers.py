@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,9 +29,9 @@ from tests.console.conftest import (
     actions,
     browser_sign_in,
     form_token,
+    script_problem,
     signed_in,
 )
-from tests.console.test_console_browser import script_problem, serve
 from tests.factories import make_post, make_subscriber
 
 pytestmark = pytest.mark.usefixtures("staff")
@@ -269,11 +268,6 @@ def test_deleting_a_reader_deletes_their_deliveries_too(
     c = signed_in(ADMIN)
     c.post(f"/admin/subscribers/{reader}/delete", data={"csrf_token": token_of(c)})
     assert count(Subscriber) == 0 and count(Delivery) == 0
-
-
-@pytest.fixture
-def console_server(staff: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    yield from serve(monkeypatch)
 
 
 def test_admin_finds_a_reader_and_suppresses_them_in_the_browser(

@@ -1,0 +1,9 @@
+"""The suppression list for admins, with each address's history."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from newsletter.console.security import ConsoleRoute
+
+router = APIRouter(prefix="/admin", include_in_schema=False, route_class=ConsoleRoute)
