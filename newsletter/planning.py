@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from secrets import token_hex
 from typing import TypeVar
 
-from sqlalchemy import and_, exists, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -127,6 +127,21 @@ def describe(exc: BaseException) -> str:
     return one_line(f"{type(exc).__name__}: {exc}", 300)
 
 
+def eligible_posts() -> ColumnElement[bool]:
+    """The posts planning may promise to anyone: eligible posts exclude held and failed
+    ones. Every planning path (immediate, daily, weekly, the sweeper) and the preview of
+    "what X would get" go through this one condition."""
+    return and_(
+        # A feed's backlog was imported as already published: never mailed.
+        Post.source != SOURCE_BACKLOG,
+        # A post that could not be rendered waits, unpromised, for an edit.
+        Post.failed_at.is_(None),
+        # A held post waits, unpromised, for an editor to release it; who is eligible
+        # for it (by arrival) does not change, so the release sends it to them.
+        Post.held_at.is_(None),
+    )
+
+
 def pending_posts(
     session: Session, subscriber_ids: Sequence[int], now: dt.datetime
 ) -> dict[int, list[int]]:
@@ -143,10 +158,7 @@ def pending_posts(
             Post.received_at >= Subscriber.subscribed_at,
             Post.received_at >= st.c.created_at,
             Post.received_at <= now,
-            # A feed's backlog was imported as already published: never mailed.
-            Post.source != SOURCE_BACKLOG,
-            # A post that could not be rendered waits, unpromised, for an edit.
-            Post.failed_at.is_(None),
+            eligible_posts(),
             ~exists().where(
                 DeliveryPost.subscriber_id == st.c.subscriber_id, DeliveryPost.post_id == Post.id
             ),
@@ -449,7 +461,11 @@ def unplanned_posts(now: dt.datetime) -> list[int]:
         return list(
             session.scalars(
                 select(Post.id)
-                .where(Post.planned_at.is_(None), Post.received_at <= now - unplanned_grace())
+                .where(
+                    Post.planned_at.is_(None),
+                    Post.received_at <= now - unplanned_grace(),
+                    eligible_posts(),
+                )
                 .order_by(Post.id)
             )
         )

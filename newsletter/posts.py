@@ -1,22 +1,25 @@
-"""Posts in: validation, sanitising and tagging, then the trigger after commit."""
+"""Posts in: validation, sanitising and tagging, then the trigger after commit; edits,
+and editors' holds and corrections before a post goes out."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from secrets import token_hex
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.db import utcnow
 from newsletter.dispatch import enqueue_after_commit
 from newsletter.errors import InvalidInput
-from newsletter.models import Post
+from newsletter.models import Delivery, DeliveryPost, DeliveryStatus, Digest, Post
 from newsletter.sanitize import clean_html, html_to_text
 from newsletter.tags import get_or_create_tags, parse_tag_names
 from newsletter.text import first_unsafe_char, one_line
 from newsletter.urls import split_url
 
+TITLE_LENGTH = 500
 SUMMARY_LENGTH = 400
 
 
@@ -97,7 +100,7 @@ class CheckedPost:
 
 def check_post(data: PostInput) -> CheckedPost:
     """Validate and sanitise without touching the database; raises InvalidInput."""
-    title = one_line(data.title, 500)
+    title = one_line(data.title, TITLE_LENGTH)
     if not title:
         raise InvalidInput("a post needs a title")
     url = validate_url(data.url, "post URL")
@@ -171,7 +174,6 @@ def update_post(session: Session, post: Post, data: PostInput) -> bool:
     goes out in each reader's next digest.
     """
     checked = check_post(data)
-    changed = False
     fields: dict[str, object] = {
         "title": checked.title,
         "url": checked.url,
@@ -181,26 +183,131 @@ def update_post(session: Session, post: Post, data: PostInput) -> bool:
     }
     if checked.published_at is not None:
         fields["published_at"] = checked.published_at
+    return _apply_edit(session, post, fields, checked.tag_names)
+
+
+def correct_post(session: Session, post: Post, title: str, summary: str) -> bool:
+    """An editor's correction of the title and summary before the post goes out; True
+    if anything changed.
+
+    Both are plain text, cleaned like every other way in; too long is refused, not cut
+    (an editor sees what was typed). It goes through the same path as any edit: a
+    render failure is cleared, and digests rendered from now on carry the correction.
+    """
+    title = one_line(title)
+    if not title:
+        raise InvalidInput("a post needs a title")
+    if len(title) > TITLE_LENGTH:
+        raise InvalidInput(f"the title is longer than {TITLE_LENGTH} characters")
+    summary = one_line(summary)
+    # A stored summary was shortened with an ellipsis, one character over: kept as is.
+    if len(summary) > SUMMARY_LENGTH and summary != post.summary:
+        raise InvalidInput(f"the summary is longer than {SUMMARY_LENGTH} characters")
+    return _apply_edit(session, post, {"title": title, "summary": summary})
+
+
+def _apply_edit(
+    session: Session,
+    post: Post,
+    fields: dict[str, object],
+    tag_names: dict[str, str] | None = None,
+) -> bool:
+    """Store the changed fields (and tags); what every edit path shares."""
+    changed = False
     for name, value in fields.items():
         if getattr(post, name) != value:
             setattr(post, name, value)
             changed = True
-    if {t.slug for t in post.tags} != set(checked.tag_names):
-        post.tags = get_or_create_tags(session, checked.tag_names)
+    if tag_names is not None and {t.slug for t in post.tags} != set(tag_names):
+        post.tags = get_or_create_tags(session, tag_names)
         changed = True
-    if changed and post.failed_at is not None:
+    if not changed:
+        return False
+    _retire_renderings(session, post.id)
+    if post.failed_at is not None:
         _retry_failed(session, post)
-    if changed:
-        session.flush()
-    return changed
+    session.flush()
+    return True
+
+
+def _retire_renderings(session: Session, post_id: int) -> None:
+    """Digests already rendered with this post keep their copy (their readers have it
+    or are about to), but are never handed to another reader: the next reader whose
+    digest holds the same posts gets a fresh rendering, with the edit."""
+    digest_ids = session.scalars(
+        select(Delivery.digest_id)
+        .join(DeliveryPost, DeliveryPost.delivery_id == Delivery.id)
+        .where(DeliveryPost.post_id == post_id)
+        .distinct()
+    ).all()
+    for digest_id in digest_ids:
+        # A key no planner computes, unique like the one it replaces.
+        session.execute(
+            update(Digest).where(Digest.id == digest_id).values(content_key=token_hex(32))
+        )
 
 
 def _retry_failed(session: Session, post: Post) -> None:
     """Clear a render failure after an edit and plan the post's immediate readers again."""
     post.failed_at = None
     post.failed_reason = None
+    _announce_again(session, post)
+
+
+def _announce_again(session: Session, post: Post) -> None:
+    """Plan the post again after the commit, as if it had just arrived: its immediate
+    readers get it now, nobody twice (the ledger holds what each was promised)."""
     post.planned_at = None
     enqueue_after_commit(session, "post_published", post.id)
+
+
+def hold_post(post: Post, by: str, now: dt.datetime | None = None) -> bool:
+    """Keep the post out of planning for everyone until it is released; True if it was
+    not held already. Readers already mailed keep their copy."""
+    if post.held_at is not None:
+        return False
+    post.held_at = now or utcnow()
+    post.held_by = one_line(by, 320)
+    return True
+
+
+def release_post(session: Session, post: Post) -> bool:
+    """Let a held post go out; True if it was held. Its immediate readers are planned
+    after the commit, daily and weekly readers get it in their next digest: the same
+    readers as if it had never been held, each at most once."""
+    if post.held_at is None:
+        return False
+    post.held_at = None
+    post.held_by = None
+    _announce_again(session, post)
+    return True
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How far a post went: readers it was sent to, and readers whose digest holding
+    it is already rendered and waiting to go (a correction reaches neither)."""
+
+    sent: int
+    waiting: int
+    failed: int
+
+
+def post_reach(session: Session, post_id: int) -> Reach:
+    """Counted in the ledger by delivery status: one row per reader promised the post."""
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .join(DeliveryPost, DeliveryPost.delivery_id == Delivery.id)
+        .where(DeliveryPost.post_id == post_id)
+        .group_by(Delivery.status)
+    )
+    counts = {status: n for status, n in rows}
+    waiting = counts.get(DeliveryStatus.QUEUED, 0) + counts.get(DeliveryStatus.SENDING, 0)
+    return Reach(
+        sent=counts.get(DeliveryStatus.SENT, 0),
+        waiting=waiting,
+        failed=counts.get(DeliveryStatus.FAILED, 0) + counts.get(DeliveryStatus.SKIPPED, 0),
+    )
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -79,7 +79,7 @@ def _recent_for_tags(session: Session, tag_ids: list[int]) -> list[Post]:
     query = (
         select(Post)
         .join(post_tags, post_tags.c.post_id == Post.id)
-        .where(post_tags.c.tag_id.in_(tag_ids))
+        .where(post_tags.c.tag_id.in_(tag_ids), Post.held_at.is_(None))
         .distinct()
         .order_by(Post.received_at.desc(), Post.id.desc())
         .limit(RECENT_LIMIT)

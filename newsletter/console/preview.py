@@ -1,4 +1,5 @@
-"""Preview for editors: the next digest for a tag set or a real reader, and a test send.
+"""Preview for editors: the next digest for a tag set or a real reader, and a test send
+to the editor's own address and NEWSLETTER_TEST_ADDRESSES.
 
 The preview is built by `newsletter.preview.build_preview`, the code the CLI's
 `newsletter preview` runs: the same rendering and personal values as a send. The
@@ -8,6 +9,7 @@ email's inline styles apply and nothing else run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesHeaderParser
@@ -18,31 +20,26 @@ from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from newsletter.config import get_settings
+from newsletter.config import Settings, get_settings
 from newsletter.console import services
 from newsletter.console.models import StaffUser
 from newsletter.console.security import ConsoleRoute, CsrfDep, EditorDep, Staff, request_ip
 from newsletter.console.views import page
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.mail import Unsendable, build_message, new_message_id
+from newsletter.mail import OutgoingMessage, Unsendable, build_message, new_message_id
 from newsletter.models import Cadence
 from newsletter.preview import Preview, build_preview
 from newsletter.sending import smtp_transport_factory
 from newsletter.text import one_line
 from newsletter.transport import ConnectionLost, OutcomeUnknown, PermanentFailure, TemporaryFailure
-from newsletter.web.rendering import render_page
+from newsletter.web.rendering import framed, render_page
+from subscribers.services import normalize_email
 
 router = APIRouter(prefix="/admin", include_in_schema=False, route_class=ConsoleRoute)
 
 TEST_PREFIX = "[Test] "
 WIDTHS = (("375", "375 px"), ("600", "600 px"), ("desktop", "Desktop"))
-# The frame's own policy: the email's inline styles and remote images, no script, no
-# form, and only the console may frame it.
-FRAME_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
-    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
-)
 # The explanatory page opens inside that frame when a sample link is clicked.
 SAMPLE_PAGE_CSP = "default-src 'self'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
 SAMPLE_LINKS = {
@@ -144,6 +141,7 @@ def preview_page(
         result=result,
         headers=message_headers(result) if result else [],
         frame_url=f"/admin/preview/frame?{choice.query()}",
+        recipients=recipients_for_test(staff.email),
         notice=notice,
         error=error,
     )
@@ -157,7 +155,9 @@ def preview(
     email: EmailQuery = "",
     sent: Annotated[str, Query(max_length=10)] = "",
 ) -> HTMLResponse:
-    notice = f"Test sent to {staff.email}." if sent else None
+    notice = (
+        f"Test sent to {', '.join(recipients_for_test(staff.email).addresses)}." if sent else None
+    )
     return preview_page(staff, Choice(tags, cadence, email), notice=notice)
 
 
@@ -169,11 +169,7 @@ def preview_frame(
     choice = Choice(tags, cadence, email)
     if not choice.given:
         raise InvalidInput("choose tags or a reader to preview")
-    response = HTMLResponse(choice.build().html)
-    response.headers["content-security-policy"] = FRAME_CSP
-    response.headers["x-frame-options"] = "SAMEORIGIN"
-    response.headers["cache-control"] = "no-store"
-    return response
+    return framed(choice.build().html)
 
 
 @router.get("/preview/sample-link")
@@ -187,39 +183,86 @@ def sample_link(link: Annotated[str, Query(max_length=20)] = "") -> HTMLResponse
     return response
 
 
-def send_test(preview: Preview, to_address: str) -> None:
-    """The previewed digest to one staff address, through the normal SMTP path; no
-    delivery is recorded, as no reader was mailed."""
+@dataclass(frozen=True)
+class Recipients:
+    """Where a test goes: the editor's own address and NEWSLETTER_TEST_ADDRESSES, and
+    the entries of that setting that are not addresses (shown on the page, skipped)."""
+
+    addresses: list[str]
+    problems: list[str]
+
+
+def recipients_for_test(staff_email: str) -> Recipients:
+    addresses = [staff_email]
+    problems = []
+    for entry in get_settings().test_addresses.split(","):
+        if not entry.strip():
+            continue
+        try:
+            address = normalize_email(entry)
+        except InvalidInput as exc:
+            problems.append(f"NEWSLETTER_TEST_ADDRESSES: {exc}; it is left out")
+            continue
+        if address not in addresses:
+            addresses.append(address)
+    return Recipients(addresses, problems)
+
+
+def send_tests(preview: Preview, addresses: Sequence[str]) -> dict[str, str]:
+    """The previewed digest to each staff address, through the normal SMTP path, one
+    message each on one connection; no delivery is recorded, as no reader was mailed.
+    Returns the addresses that could not be sent to, with the reason."""
     settings = get_settings()
-    message = build_message(
+    failures: dict[str, str] = {}
+    try:
+        with smtp_transport_factory(settings)() as transport:
+            for address in addresses:
+                try:
+                    transport.send(_test_message(preview, address, settings))
+                except SEND_FAILURES as exc:
+                    failures[address] = _reason(exc)
+    except SEND_FAILURES as exc:
+        # No connection to the server: nothing went anywhere.
+        for address in addresses:
+            failures.setdefault(address, _reason(exc))
+    return failures
+
+
+def _test_message(preview: Preview, address: str, settings: Settings) -> OutgoingMessage:
+    return build_message(
         from_name=settings.from_name,
         from_address=settings.from_,
         to_name="",
-        to_address=to_address,
+        to_address=address,
         subject=one_line(TEST_PREFIX + preview.subject, 300),
         text=preview.text,
         html=preview.html,
         message_id=new_message_id(settings.from_),
         headers=preview.headers,
     )
-    with smtp_transport_factory(settings)() as transport:
-        transport.send(message)
 
 
-def _audit_test(staff: Staff, choice: Choice, preview: Preview, ip: str, error: str = "") -> None:
-    detail: dict[str, str | bool] = {
+def _reason(exc: BaseException) -> str:
+    return one_line(str(exc) or type(exc).__name__, 300)
+
+
+def _audit_test(
+    staff: Staff, choice: Choice, preview: Preview, ip: str, sent: list[str], failed: dict[str, str]
+) -> None:
+    detail: dict[str, object] = {
         "tags": choice.tags,
         "cadence": choice.cadence,
         "reader": choice.email,
         "subject": preview.subject,
         "sample": preview.sample,
+        "to": sent,
     }
-    if error:
-        detail["error"] = error
+    if failed:
+        detail["failed"] = failed
     with session_scope() as session:
         services.audit(
             session,
-            "preview_test_failed" if error else "preview_test_sent",
+            "preview_test_sent" if sent else "preview_test_failed",
             actor=session.get(StaffUser, staff.user_id),
             target=staff.email,
             detail=detail,
@@ -235,19 +278,21 @@ async def preview_test(
     cadence: Annotated[str, Form(max_length=20)] = "",
     email: Annotated[str, Form(max_length=320)] = "",
 ) -> Response:
-    """ "Send me a test": the preview as shown, to the editor's own address."""
+    """ "Send me a test": the preview as shown, to the editor's own address and the
+    configured test addresses."""
     choice = Choice(tags, cadence, email)
     if not choice.given:
         raise InvalidInput("choose tags or a reader to preview")
     ip = request_ip(request)
     result = await run_in_threadpool(choice.build, True)
-    try:
-        await run_in_threadpool(send_test, result, staff.email)
-    except SEND_FAILURES as exc:
-        reason = one_line(str(exc) or type(exc).__name__, 300)
-        await run_in_threadpool(_audit_test, staff, choice, result, ip, reason)
-        message = f"The test could not be sent: {reason}"
-        return await run_in_threadpool(preview_page, staff, choice, 502, None, message)
-    await run_in_threadpool(_audit_test, staff, choice, result, ip)
-    target = f"/admin/preview?{choice.query()}&sent=1"
-    return RedirectResponse(target, status_code=303)
+    recipients = recipients_for_test(staff.email)
+    failed = await run_in_threadpool(send_tests, result, recipients.addresses)
+    sent = [a for a in recipients.addresses if a not in failed]
+    await run_in_threadpool(_audit_test, staff, choice, result, ip, sent, failed)
+    if not failed:
+        return RedirectResponse(f"/admin/preview?{choice.query()}&sent=1", status_code=303)
+    reasons = "; ".join(f"{address}: {reason}" for address, reason in failed.items())
+    message = f"The test could not be sent to {reasons}"
+    notice = f"Test sent to {', '.join(sent)}." if sent else None
+    status = 200 if sent else 502
+    return await run_in_threadpool(preview_page, staff, choice, status, notice, message)

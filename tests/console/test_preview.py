@@ -17,7 +17,7 @@ from newsletter.db import session_scope
 from newsletter.models import Delivery, Post
 from tests.browser import launch_chromium
 from tests.cli_runner import count, run
-from tests.conftest import ScriptedHandler
+from tests.conftest import ScriptedHandler, apply_env
 from tests.console.conftest import (
     EDITOR,
     actions,
@@ -257,3 +257,69 @@ def test_preview_in_the_browser(preview_server: str, smtp: ScriptedHandler, tmp_
     assert problems == []
     assert len(smtp.messages) == 1 and smtp.messages[0].recipients == [EDITOR]
     assert count(Delivery) == 0
+
+
+def test_test_addresses_receive_the_test_and_bad_ones_are_shown(
+    smtp: ScriptedHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apply_env(
+        monkeypatch,
+        NEWSLETTER_TEST_ADDRESSES="team@example.org, Desk@Example.org,, not-an-address, "
+        + EDITOR.upper(),
+    )
+    run("tags", "add", "politics")
+    add_post("On politics", "politics")
+    c = signed_in(EDITOR)
+    page = c.get("/admin/preview", params={"tags": "politics"})
+    assert page.status_code == 200
+    recipients = f"To {EDITOR}, team@example.org, desk@example.org,"
+    assert recipients in page.text
+    # A bad entry in the setting is reported on the page and left out, never a crash.
+    assert "NEWSLETTER_TEST_ADDRESSES: invalid email address &#39;not-an-address&#39;" in page.text
+
+    data = {"tags": "politics", "csrf_token": form_token(page.text)}
+    response = c.post("/admin/preview/test", data=data, follow_redirects=False)
+    assert response.status_code == 303
+    shown = c.get(response.headers["location"]).text
+    assert f"Test sent to {EDITOR}, team@example.org, desk@example.org." in shown
+    assert [m.recipients for m in smtp.messages] == [
+        [EDITOR],
+        ["team@example.org"],
+        ["desk@example.org"],
+    ]
+    for received in smtp.messages:
+        message = received.parsed()
+        assert str(message["Subject"]).startswith("[Test] ")
+        assert str(message["To"]) == received.recipients[0]
+    assert len({m.parsed()["Message-ID"] for m in smtp.messages}) == 3
+    assert count(Delivery) == 0  # never a reader's delivery
+    with session_scope() as session:
+        entry = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "preview_test_sent")
+        ).one()
+        assert entry.detail["to"] == [EDITOR, "team@example.org", "desk@example.org"]
+
+
+def test_a_test_address_refused_by_the_server_does_not_stop_the_others(
+    smtp: ScriptedHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apply_env(monkeypatch, NEWSLETTER_TEST_ADDRESSES="gone@example.org, team@example.org")
+    smtp.replies["gone@example.org"] = ["550 5.1.1 no such user"]
+    run("tags", "add", "politics")
+    add_post("On politics", "politics")
+    c = signed_in(EDITOR)
+    page = c.get("/admin/preview", params={"tags": "politics"})
+    data = {"tags": "politics", "csrf_token": form_token(page.text)}
+    response = c.post("/admin/preview/test", data=data)
+    assert response.status_code == 200
+    assert f"Test sent to {EDITOR}, team@example.org." in response.text
+    assert "could not be sent to gone@example.org" in response.text
+    assert "no such user" in response.text
+    assert [m.recipients for m in smtp.messages] == [[EDITOR], ["team@example.org"]]
+    assert count(Delivery) == 0
+    with session_scope() as session:
+        entry = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "preview_test_sent")
+        ).one()
+        assert entry.detail["to"] == [EDITOR, "team@example.org"]
+        assert "no such user" in entry.detail["failed"]["gone@example.org"]
