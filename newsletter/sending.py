@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from newsletter import tokens
@@ -588,15 +588,22 @@ def _record(writer: Session, outcomes: list[Outcome]) -> None:
 
 def _write_outcomes(writer: Session, outcomes: list[Outcome]) -> None:
     for outcome in outcomes:
+        values = dict(outcome.values)
+        if "last_error" in values:
+            # A reader deleted while their copy was in flight: the outcome counts, but
+            # the SMTP reply (which may quote their address) is not kept.
+            values["last_error"] = case(
+                (Delivery.subscriber_id.is_(None), None), else_=values["last_error"]
+            )
         writer.execute(
             update(Delivery)
             .where(Delivery.id == outcome.delivery_id)
-            .values(**outcome.values)
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
         if outcome.suppress is not None:
             address, reply = outcome.suppress
-            suppress(writer, address, SuppressionReason.HARD_BOUNCE, reply)
+            suppress(writer, address, SuppressionReason.HARD_BOUNCE, reply, actor="smtp reply")
     writer.commit()
 
 

@@ -4,6 +4,9 @@ Hard bounces, complaints and manual suppressions (an admin's decision) block eve
 mail, confirmations included. An unsubscribe blocks digests and imports; the person
 may still sign up again through the form, and confirming that sign-up (proof they
 own the address) lifts it.
+
+Every add, change of reason and lift is written to `suppression_events` with who or
+what did it, so an admin can tell why an address is (or was) blocked.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from newsletter.errors import NotFound
-from subscribers.models import Suppression, SuppressionReason
+from subscribers.models import Suppression, SuppressionEvent, SuppressionReason
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +45,50 @@ def suppressed_among(session: Session, emails: Iterable[str]) -> dict[str, Suppr
     return found
 
 
+def _detail(detail: str | None) -> str | None:
+    return (detail or "")[:2000] or None
+
+
+def _record(
+    session: Session,
+    email: str,
+    action: str,
+    reason: SuppressionReason,
+    detail: str | None,
+    actor: str,
+) -> None:
+    session.add(
+        SuppressionEvent(
+            email=email,
+            action=action,
+            reason=reason.value,
+            detail=detail,
+            actor=actor[:320],
+        )
+    )
+
+
 def suppress(
-    session: Session, email: str, reason: SuppressionReason, detail: str | None = None
+    session: Session,
+    email: str,
+    reason: SuppressionReason,
+    detail: str | None = None,
+    actor: str = "system",
 ) -> Suppression:
-    """Add (or keep) an address on the list; a reason in BLOCKS_ALL outranks an unsubscribe."""
+    """Add (or keep) an address on the list; a reason in BLOCKS_ALL outranks an unsubscribe.
+
+    `actor` says who or what did it (an admin's address, "smtp", "the subscriber")
+    for the history; keeping a row as it is writes no history.
+    """
     row = find(session, email)
     if row is None:
-        row = Suppression(email=email, reason=reason, detail=(detail or "")[:2000] or None)
+        row = Suppression(email=email, reason=reason, detail=_detail(detail))
         session.add(row)
+        _record(session, email, "added", reason, row.detail, actor)
     elif reason in BLOCKS_ALL and row.reason not in BLOCKS_ALL:
         row.reason = reason
-        row.detail = (detail or "")[:2000] or None
+        row.detail = _detail(detail)
+        _record(session, email, "changed", reason, row.detail, actor)
     session.flush()
     return row
 
@@ -62,9 +98,21 @@ def lift(session: Session, email: str, by: str = "admin") -> Suppression:
     if row is None:
         raise NotFound(f"{email} is not on the suppression list")
     log.warning("suppression of %s (%s) lifted by %s", email, row.reason.value, by)
+    _record(session, email, "lifted", row.reason, None, by)
     session.delete(row)
     session.flush()
     return row
+
+
+def history(session: Session, email: str) -> list[SuppressionEvent]:
+    """Every add, change and lift of this address, newest first."""
+    return list(
+        session.scalars(
+            select(SuppressionEvent)
+            .where(SuppressionEvent.email == email)
+            .order_by(SuppressionEvent.created_at.desc(), SuppressionEvent.id.desc())
+        )
+    )
 
 
 def list_all(session: Session) -> list[Suppression]:
