@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
@@ -29,6 +29,7 @@ from subscribers.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
+    SuppressionEvent,
     SuppressionReason,
     new_uid,
     subscriber_tags,
@@ -163,6 +164,13 @@ def read_rows(data: bytes | str) -> Iterator[tuple[int, dict[str, str]]]:
         yield reader.line_num, row
 
 
+def count_rows(data: bytes | str) -> int:
+    """The rows `import_csv` would read, without the database; InvalidInput if the file
+    itself is unusable (not UTF-8, no header, a missing column, a malformed line), so
+    a caller can refuse it before queuing its import."""
+    return sum(1 for _ in read_rows(data))
+
+
 def _validate(
     line: int, raw: dict[str, str], known_tags: dict[str, Tag], create_tags: bool
 ) -> _Row:
@@ -275,6 +283,20 @@ def import_csv(
                 for e in newly_out[start : start + WRITE_CHUNK]
             ],
         )
+        session.execute(
+            insert(SuppressionEvent),
+            [
+                {
+                    "email": e,
+                    "action": "added",
+                    "reason": SuppressionReason.UNSUBSCRIBED.value,
+                    "detail": "imported as unsubscribed",
+                    "actor": "import",
+                    "created_at": now,
+                }
+                for e in newly_out[start : start + WRITE_CHUNK]
+            ],
+        )
     return report
 
 
@@ -382,27 +404,40 @@ def _differs(subscriber: Subscriber, row: _Row) -> bool:
     )
 
 
-def export_csv(session: Session, out: TextIO) -> int:
-    """Every subscriber in import format; re-importing the file changes nothing."""
+def export_row(subscriber: Subscriber) -> list[str | int]:
+    """One reader as an export line: import format, cells a spreadsheet would run escaped."""
+    return [
+        escape_cell(subscriber.email),
+        escape_cell(subscriber.name),
+        escape_cell(", ".join(t.name for t in subscriber.tags)),
+        subscriber.cadence.value,
+        subscriber.timezone,
+        subscriber.status.value,
+        subscriber.send_hour,
+        subscriber.send_weekday,
+    ]
+
+
+def write_export(out: TextIO, subscribers: Iterable[Subscriber], *, header: bool = True) -> int:
+    """Write `subscribers` as export lines (after the header line, if asked); the count.
+
+    Shared by the whole-list export and the console's streamed export of a selection,
+    so both write the same columns, escaping and line endings.
+    """
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(EXPORT_COLUMNS)
+    if header:
+        writer.writerow(EXPORT_COLUMNS)
     count = 0
-    query = select(Subscriber).order_by(Subscriber.email).execution_options(yield_per=2000)
-    for subscriber in session.scalars(query):
-        writer.writerow(
-            [
-                escape_cell(subscriber.email),
-                escape_cell(subscriber.name),
-                escape_cell(", ".join(t.name for t in subscriber.tags)),
-                subscriber.cadence.value,
-                subscriber.timezone,
-                subscriber.status.value,
-                subscriber.send_hour,
-                subscriber.send_weekday,
-            ]
-        )
+    for subscriber in subscribers:
+        writer.writerow(export_row(subscriber))
         count += 1
     return count
+
+
+def export_csv(session: Session, out: TextIO) -> int:
+    """Every subscriber in import format; re-importing the file changes nothing."""
+    query = select(Subscriber).order_by(Subscriber.email).execution_options(yield_per=2000)
+    return write_export(out, session.scalars(query))
 
 
 __all__ = [
@@ -410,8 +445,12 @@ __all__ = [
     "ImportReport",
     "RejectedRow",
     "SuppressionReason",
+    "count_rows",
     "escape_cell",
     "export_csv",
+    "export_row",
     "import_csv",
+    "read_rows",
     "unescape_cell",
+    "write_export",
 ]

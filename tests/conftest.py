@@ -42,6 +42,8 @@ TABLES = [
     "staff_sessions",
     "staff_login_attempts",
     "staff_users",
+    "suppression_events",
+    "console_jobs",
 ]
 
 BASE_ENV = {

@@ -49,6 +49,11 @@ def configure(app: Celery, settings: Settings | None = None) -> Celery:
                 "task": "worker.tasks.poll_due_feeds",
                 "schedule": float(settings.feed_check_interval),
             },
+            # Console jobs (bulk actions, imports) whose task was lost are queued again.
+            "resume-console-jobs": {
+                "task": "worker.tasks.resume_console_jobs",
+                "schedule": float(settings.plan_interval),
+            },
         },
     )
     return app

@@ -7,11 +7,12 @@ import logging
 from typing import Any
 
 from newsletter import pipeline, planning, sending, transactional
-from newsletter.db import database_unavailable, utcnow
+from newsletter.db import database_unavailable, session_scope, utcnow
 from newsletter.dispatch import send_task
 from newsletter.errors import NotFound
 from newsletter.feeds import services as feeds
 from newsletter.transport import ConnectionLost, TemporaryFailure
+from subscribers import bulk
 from worker.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 MAX_COUNTDOWN = 3000
 # While the database is unreachable, a task waits this long (seconds) and runs again.
 DATABASE_RETRY_COUNTDOWN = 10
+# A console job still queued this long after it was created has lost its task.
+STALE_JOB_AGE = dt.timedelta(minutes=10)
 
 
 def _retry_when_database_is_down(task: Any, exc: Exception) -> None:
@@ -136,3 +139,27 @@ def poll_feed(feed_id: int) -> dict[str, Any]:
         "error": report.error,
         **report.skipped,
     }
+
+
+@app.task(name="worker.tasks.run_console_job", bind=True, acks_late=True, max_retries=None)
+def run_console_job(self: Any, job_id: int) -> dict[str, Any]:
+    """A console job (a bulk action, a CSV import) run to its end. A duplicate does
+    nothing; one cut short (a killed worker, the database gone) resumes after its last
+    committed chunk."""
+    try:
+        status = bulk.run_job(job_id)
+    except Exception as exc:
+        _retry_when_database_is_down(self, exc)
+        raise
+    return {"job": job_id, "status": status}
+
+
+@app.task(name="worker.tasks.resume_console_jobs", acks_late=True)
+def resume_console_jobs() -> dict[str, Any]:
+    """Queue again the console jobs whose task was lost (the broker was down when they
+    were created); a job runs once, however many tasks it gets."""
+    with session_scope() as session:
+        stale = bulk.stale_jobs(session, STALE_JOB_AGE)
+    for job_id in stale:
+        send_task("run_console_job", job_id)
+    return {"jobs": len(stale)}
