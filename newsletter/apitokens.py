@@ -8,6 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from newsletter.console.services import parse_role
 from newsletter.db import utcnow
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.models import ApiToken
@@ -22,13 +23,14 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, name: str) -> tuple[str, ApiToken]:
-    """A new token; the plain value is returned here and never again."""
+def create_token(session: Session, name: str, role: str = "admin") -> tuple[str, ApiToken]:
+    """A new token with a console role; the plain value is returned here and never again."""
     label = one_line(name, 200)
     if not label:
         raise InvalidInput("a token needs a name (who or what uses it)")
+    token_role = parse_role(role).value
     plain = PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(name=label, token_hash=_hash(plain), prefix=plain[:10])
+    row = ApiToken(name=label, token_hash=_hash(plain), prefix=plain[:10], role=token_role)
     session.add(row)
     session.flush()
     return plain, row

@@ -18,6 +18,7 @@ from newsletter.db import session_scope, utcnow
 from newsletter.dispatch import send_task, tasks_run_in_process
 from newsletter.errors import InvalidInput
 from newsletter.models import Tag
+from newsletter.tags import offered_tags
 from newsletter.transactional import schedule_text, send_transactional
 from newsletter.web.deps import SessionDep, client_ip
 from newsletter.web.rendering import render_page
@@ -87,7 +88,7 @@ def _choices_context(session: SessionDep, chosen: dict[str, Any]) -> dict[str, A
         "send_weekday": settings.default_send_weekday,
     }
     return {
-        "all_tags": list(session.scalars(select(Tag).order_by(Tag.name))),
+        "all_tags": offered_tags(session, chosen.get("tags") or []),
         "zones": sorted(zone_names()),
         "weekdays": WEEKDAYS,
         "chosen": {**defaults, **{k: v for k, v in chosen.items() if v not in (None, "")}},
