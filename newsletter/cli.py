@@ -144,7 +144,13 @@ def posts_list(limit: int = 50) -> None:
                 ", ".join(t.name for t in p.tags),
                 f"{p.published_at:%Y-%m-%d %H:%M}",
                 f"{p.received_at:%Y-%m-%d %H:%M}",
-                f"failed: {p.failed_reason}" if p.failed_at else "yes" if p.planned_at else "no",
+                f"held by {p.held_by}"
+                if p.held_at
+                else f"failed: {p.failed_reason}"
+                if p.failed_at
+                else "yes"
+                if p.planned_at
+                else "no",
             )
     console.print(table)
 
@@ -173,20 +179,54 @@ def tags_add(
 @user_errors
 def tags_list() -> None:
     """Every tag with its number of posts and followers."""
-    from sqlalchemy import func, select
+    from newsletter.tags import tag_summaries
 
-    from newsletter.models import Tag, post_tags
-    from subscribers.models import subscriber_tags
-
-    posts = select(func.count()).where(post_tags.c.tag_id == Tag.id).scalar_subquery()
-    readers = select(func.count()).where(subscriber_tags.c.tag_id == Tag.id).scalar_subquery()
-    table = Table("slug", "name", "posts", "followers")
+    table = Table("slug", "name", "posts", "followers", "listed")
     with db.session_scope() as session:
-        for slug, name, n_posts, n_readers in session.execute(
-            select(Tag.slug, Tag.name, posts, readers).order_by(Tag.slug)
-        ):
-            table.add_row(slug, name, str(n_posts), str(n_readers))
+        for row in tag_summaries(session):
+            table.add_row(
+                row.tag.slug,
+                row.tag.name,
+                str(row.posts),
+                str(row.followers),
+                "yes" if row.tag.listed else "no",
+            )
     console.print(table)
+
+
+@tags_app.command("rename")
+@user_errors
+def tags_rename(
+    tag: Annotated[str, typer.Argument(help="The tag's name or slug.")],
+    name: Annotated[str, typer.Argument(help="Its new name; the slug follows it.")],
+) -> None:
+    """Rename a tag; its posts, its followers and their dates stay with it."""
+    from newsletter.tags import find_tag, rename_tag
+
+    with db.session_scope() as session:
+        found = find_tag(session, tag)
+        old_slug = rename_tag(session, found, name)
+        line = f"renamed {old_slug} to {found.name} ({found.slug})"
+    console.print(line, highlight=False)
+
+
+@tags_app.command("merge")
+@user_errors
+def tags_merge(
+    source: Annotated[str, typer.Argument(help="The tag merged away (it is deleted).")],
+    into: Annotated[str, typer.Argument(help="The tag that gets its posts and followers.")],
+) -> None:
+    """Move every post and follower of SOURCE to INTO, then delete SOURCE; a reader
+    following both keeps the earlier date they started following."""
+    from newsletter.tags import find_tag, merge_tags
+
+    with db.session_scope() as session:
+        report = merge_tags(session, find_tag(session, source), find_tag(session, into))
+    console.print(
+        f"merged {report.source} into {report.target}: {report.posts_moved} posts and "
+        f"{report.followers_moved} followers moved, {report.followers_both} followed both",
+        highlight=False,
+    )
 
 
 # -- subscribers ------------------------------------------------------------------
@@ -366,7 +406,7 @@ def suppressions_add(
     except ValueError:
         raise InvalidInput(f"unknown reason {reason!r}") from None
     with db.session_scope() as session:
-        suppress(session, normalize_email(email), why, "added by an admin")
+        suppress(session, normalize_email(email), why, "added by an admin", actor="an admin (CLI)")
     console.print(f"{email} suppressed ({why.value})", highlight=False)
 
 
@@ -457,14 +497,25 @@ def digests_run(
 
 @tokens_app.command("create")
 @user_errors
-def tokens_create(name: Annotated[str, typer.Argument(help="Who or what will use it.")]) -> None:
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="Who or what will use it.")],
+    role: Annotated[
+        str,
+        typer.Option(
+            help="What it may reach, as the console's roles: admin (everything) or "
+            "editor (posts, tags, previews, archive, statistics)."
+        ),
+    ] = "admin",
+) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
     from newsletter.apitokens import create_token
 
     with db.session_scope() as session:
-        plain, row = create_token(session, name)
-        token_id = row.id
-    err_console.print(f"token #{token_id} for {name!r}; keep it now, it is not shown again:")
+        plain, row = create_token(session, name, role=role)
+        token_id, token_role = row.id, row.role
+    err_console.print(
+        f"{token_role} token #{token_id} for {name!r}; keep it now, it is not shown again:"
+    )
     print(plain)
 
 
@@ -474,12 +525,13 @@ def tokens_list() -> None:
     """Every token, without its secret."""
     from newsletter.apitokens import list_tokens
 
-    table = Table("id", "name", "prefix", "created", "last used", "revoked")
+    table = Table("id", "name", "role", "prefix", "created", "last used", "revoked")
     with db.session_scope() as session:
         for t in list_tokens(session):
             table.add_row(
                 str(t.id),
                 t.name,
+                t.role,
                 t.prefix + "…",
                 f"{t.created_at:%Y-%m-%d %H:%M}",
                 f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "-",

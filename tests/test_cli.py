@@ -238,3 +238,17 @@ def test_demo_runs_on_sqlite_with_its_own_smtp_server(
     code, _, err = run("demo")
     assert code == 0, err
     assert len(sorted((tmp_path / "outbox").glob("*.eml"))) == len(emls)
+
+
+@pytest.mark.usefixtures("app_env")
+def test_tokens_carry_a_role_and_a_bad_role_writes_nothing() -> None:
+    from newsletter.models import ApiToken
+
+    code, out, err = run("tokens", "create", "newsroom bot", "--role", "editor")
+    assert code == 0, err
+    assert out.strip().startswith("nl_") and "editor token #1" in err
+    code, out, _ = run("tokens", "list")
+    assert code == 0 and "editor" in out and "nl_" in out
+    code, out, err = run("tokens", "create", "root", "--role", "owner")
+    assert code != 0 and "admin" in err and "editor" in err
+    assert count(ApiToken) == 1

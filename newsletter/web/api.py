@@ -1,10 +1,12 @@
 """The REST API under /api/: posts and tags, behind bearer tokens.
 
-Tokens come from `newsletter tokens create` and are stored hashed. A post created
-here is announced like one from the CLI (its readers are planned after the
-commit); an edit changes the stored post and mails nobody again. Every refusal is
-JSON: 401 (token), 404, 409 (conflict) and 422 (validation, the same shape as
-FastAPI's own: `detail` is a list of {loc, msg, type}).
+Tokens come from `newsletter tokens create` and are stored hashed. Posts and tags
+are an editor's work, so any live token reaches them; the admin routes (readers,
+suppressions) are in `subscribers_api` and `console_api`, and this router includes
+the latter. A post created here is announced like one from the CLI (its readers are
+planned after the commit); an edit changes the stored post and mails nobody again.
+Every refusal is JSON: 401 (token), 403 (role), 404, 409 (conflict) and 422
+(validation, the same shape as FastAPI's own: `detail` is a list of {loc, msg, type}).
 """
 
 from __future__ import annotations
@@ -13,18 +15,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter.errors import InvalidInput
 from newsletter.models import Post, Tag, post_tags
 from newsletter.posts import DuplicatePost, PostInput, add_post, update_post
 from newsletter.tags import get_or_create_tags, parse_tag_names, slugify
-from newsletter.web.auth import AUTH_RESPONSES, require_token
+from newsletter.web import console_api
+from newsletter.web.auth import require_token
+from newsletter.web.console_api import commit
 from newsletter.web.deps import SessionDep, StrictJSONRoute
 from newsletter.web.schemas import (
     MAX_DB_INT,
-    ErrorOut,
     PostList,
     PostOut,
     PostPatch,
@@ -32,7 +34,8 @@ from newsletter.web.schemas import (
     TagCreate,
     TagList,
     TagOut,
-    ValidationErrorOut,
+    error_responses,
+    unprocessable,
 )
 from subscribers.models import subscriber_tags
 
@@ -40,41 +43,15 @@ router = APIRouter(
     prefix="/api", dependencies=[Depends(require_token)], route_class=StrictJSONRoute
 )
 
-R401: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": AUTH_RESPONSES[401]["description"]}
-}
-R404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No such item"}}
-R409_POST: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorOut, "description": "A post with this guid (or URL) already exists"}
-}
-R422: dict[int | str, dict[str, Any]] = {
-    422: {
-        "model": ValidationErrorOut,
-        "description": "Invalid input: the body or a parameter fails validation, or a field "
-        "is unusable (a relative URL, a tag with no letters)",
-    }
-}
+R401 = error_responses(401)
+R404 = error_responses(404)
+R409_POST = error_responses(409, e409="A post with this guid (or URL) already exists")
+R422 = error_responses(422)
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Items per page (1-200).")]
 Offset = Annotated[int, Query(ge=0, le=MAX_DB_INT, description="Items to skip.")]
 PostId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="The post's id.")]
 TagSlug = Annotated[str, Path(description='The tag\'s slug (a name works too: "Public Services").')]
-
-
-def _unprocessable(exc: InvalidInput, where: str = "body") -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        [{"loc": [where], "msg": str(exc), "type": "value_error"}],
-    )
-
-
-def _commit(session: Session, conflict: str) -> None:
-    """Commit now, so the client hears about a failure instead of a 2xx."""
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, conflict) from None
 
 
 def _post(session: Session, post_id: int) -> Post:
@@ -102,8 +79,8 @@ def create_post(payload: PostPayload, session: SessionDep) -> PostOut:
     except DuplicatePost as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except InvalidInput as exc:
-        raise _unprocessable(exc) from None
-    _commit(session, "a post with this guid was stored at the same moment")
+        raise unprocessable(exc) from None
+    commit(session, "a post with this guid was stored at the same moment")
     return PostOut.of(post)
 
 
@@ -170,8 +147,8 @@ def patch_post(post_id: PostId, patch: PostPatch, session: SessionDep) -> PostOu
     try:
         update_post(session, post, data)
     except InvalidInput as exc:
-        raise _unprocessable(exc) from None
-    _commit(session, "the post changed at the same moment; try again")
+        raise unprocessable(exc) from None
+    commit(session, "the post changed at the same moment; try again")
     return PostOut.of(post)
 
 
@@ -186,7 +163,7 @@ def patch_post(post_id: PostId, patch: PostPatch, session: SessionDep) -> PostOu
 def delete_post(post_id: PostId, session: SessionDep) -> Response:
     """Remove a post and its tags; digests already sent are not recalled."""
     session.delete(_post(session, post_id))
-    _commit(session, "the post is in use")
+    commit(session, "the post is in use")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -214,9 +191,7 @@ def _tag(session: Session, ref: str) -> Tag:
     return tag
 
 
-R409_TAG: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorOut, "description": "A tag with this slug already exists"}
-}
+R409_TAG = error_responses(409, e409="A tag with this slug already exists")
 
 
 @router.post(
@@ -232,14 +207,14 @@ def create_tag(payload: TagCreate, session: SessionDep) -> TagOut:
     try:
         names = parse_tag_names([payload.name])
     except InvalidInput as exc:
-        raise _unprocessable(exc) from None
+        raise unprocessable(exc) from None
     if not names:
-        raise _unprocessable(InvalidInput("a tag needs a name"))
+        raise unprocessable(InvalidInput("a tag needs a name"))
     [(slug, _name)] = names.items()
     if session.scalar(select(Tag.id).where(Tag.slug == slug)) is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"tag {slug!r} already exists")
     get_or_create_tags(session, names)
-    _commit(session, f"tag {slug!r} was created at the same moment")
+    commit(session, f"tag {slug!r} was created at the same moment")
     return _tag_out(session, slug)
 
 
@@ -287,13 +262,13 @@ def rename_tag(slug: TagSlug, payload: TagCreate, session: SessionDep) -> TagOut
     try:
         [(new_slug, name)] = parse_tag_names([payload.name]).items()
     except InvalidInput as exc:
-        raise _unprocessable(exc) from None
+        raise unprocessable(exc) from None
     except ValueError:
-        raise _unprocessable(InvalidInput("a tag needs a name")) from None
+        raise unprocessable(InvalidInput("a tag needs a name")) from None
     if new_slug != tag.slug and session.scalar(select(Tag.id).where(Tag.slug == new_slug)):
         raise HTTPException(status.HTTP_409_CONFLICT, f"tag {new_slug!r} already exists")
     tag.slug, tag.name = new_slug, name
-    _commit(session, f"tag {new_slug!r} was created at the same moment")
+    commit(session, f"tag {new_slug!r} was created at the same moment")
     return _tag_out(session, new_slug)
 
 
@@ -306,7 +281,7 @@ def rename_tag(slug: TagSlug, payload: TagCreate, session: SessionDep) -> TagOut
     responses={
         **R401,
         **R404,
-        409: {"model": ErrorOut, "description": "Readers follow it and force is not set"},
+        **error_responses(409, e409="Readers follow it and force is not set"),
         **R422,
     },
 )
@@ -326,5 +301,9 @@ def delete_tag(
             f"{followers} subscriber(s) follow {tag.slug!r}; pass force=true to delete it anyway",
         )
     session.delete(tag)
-    _commit(session, "the tag is in use")
+    commit(session, "the tag is in use")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# Suppressions, digests and statistics: their own module, under this router's token check.
+router.include_router(console_api.router)
