@@ -11,4 +11,6 @@ python3 -m venv .venv
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/pytest -q "$@"
+# Two workers (pytest-xdist): tests wait on databases, SMTP and Chromium more than on
+# the CPU; tests sharing a service are kept on one worker (tests/conftest.py).
+.venv/bin/pytest -q -n 2 --dist loadgroup "$@"

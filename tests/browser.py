@@ -27,6 +27,13 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
+
+def artefact(name: str) -> Path:
+    """Where a browser test keeps a screenshot, for people to look at after the run."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS / name
+
+
 # Every visible element whose box sticks out of the viewport, horizontally.
 OUTSIDE_VIEWPORT_JS = """
 () => {

@@ -25,6 +25,36 @@ from newsletter.outbox import OutboxHandler, OutboxServer
 PG_ADMIN_DSN = os.environ.get("NEWSLETTER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n`, `--dist loadgroup`) tests that share a service run on
+    one worker, one after another: the end-to-end tests share the Redis database they
+    flush, and the fault tests, which start, kill and load whole services, run apart
+    from each other. Every other test is spread freely: each worker has its own
+    databases."""
+    for item in items:
+        if item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.xdist_group("faults"))
+        elif item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("broker"))
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staff passwords are hashed with argon2id at the lowest cost in tests: the real
+    cost (about 0.13 s a hash or check) would spend minutes across the console's
+    sign-ins. The production cost is pinned by a test marked `real_password_cost`."""
+    if request.node.get_closest_marker("real_password_cost"):
+        return
+    from argon2 import PasswordHasher
+
+    from newsletter.console import services
+
+    cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    monkeypatch.setattr(services, "_hasher", lambda: cheap)
+    monkeypatch.setattr(services, "_dummy_hash", lambda: cheap.hash("no such account"))
+
+
 TABLES = [
     "delivery_posts",
     "deliveries",

@@ -13,16 +13,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.errors import InvalidInput
 from newsletter.models import Post, Tag, post_tags
-from newsletter.posts import DuplicatePost, PostInput, add_post, update_post
+from newsletter.posts import (
+    DuplicatePost,
+    PostInput,
+    add_post,
+    hold_post,
+    release_post,
+    update_post,
+)
 from newsletter.tags import get_or_create_tags, parse_tag_names, slugify
 from newsletter.web import console_api
-from newsletter.web.auth import require_token
+from newsletter.web.auth import TokenDep, actor, require_token
 from newsletter.web.console_api import commit
 from newsletter.web.deps import SessionDep, StrictJSONRoute
 from newsletter.web.schemas import (
@@ -148,6 +155,40 @@ def patch_post(post_id: PostId, patch: PostPatch, session: SessionDep) -> PostOu
         update_post(session, post, data)
     except InvalidInput as exc:
         raise unprocessable(exc) from None
+    commit(session, "the post changed at the same moment; try again")
+    return PostOut.of(post)
+
+
+@router.post(
+    "/posts/{post_id}/hold",
+    tags=["posts"],
+    summary="Hold a post back from planning",
+    response_model=PostOut,
+    responses={**R401, **R404, **R422},
+)
+def hold(post_id: PostId, request: Request, session: SessionDep, token: TokenDep) -> PostOut:
+    """Nobody is planned the post until it is released; readers who already have it keep
+    it. Holding a held post changes nothing."""
+    post = _post(session, post_id)
+    if hold_post(post, actor(token)):
+        console_api.audit(session, request, token, "post_held", f"post #{post.id}", {})
+    commit(session, "the post changed at the same moment; try again")
+    return PostOut.of(post)
+
+
+@router.post(
+    "/posts/{post_id}/release",
+    tags=["posts"],
+    summary="Release a held post",
+    response_model=PostOut,
+    responses={**R401, **R404, **R422},
+)
+def release(post_id: PostId, request: Request, session: SessionDep, token: TokenDep) -> PostOut:
+    """The post goes to exactly the readers it would have reached, each once: immediate
+    readers now, daily and weekly readers in their next digest."""
+    post = _post(session, post_id)
+    if release_post(session, post):
+        console_api.audit(session, request, token, "post_released", f"post #{post.id}", {})
     commit(session, "the post changed at the same moment; try again")
     return PostOut.of(post)
 

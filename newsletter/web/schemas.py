@@ -130,6 +130,10 @@ class PostOut(BaseModel):
     published_at: dt.datetime
     received_at: dt.datetime = Field(description="When it reached the pipeline.")
     planned_at: dt.datetime | None = Field(description="When its immediate readers were planned.")
+    held_at: dt.datetime | None = Field(
+        None, description="Held back from planning since then (POST .../release lets it go)."
+    )
+    held_by: str | None = None
     updated_at: dt.datetime
     source: str = Field(description="cli, api, webhook, feed, import or backlog.")
     feed_id: int | None
@@ -148,6 +152,8 @@ class PostOut(BaseModel):
             published_at=post.published_at,
             received_at=post.received_at,
             planned_at=post.planned_at,
+            held_at=post.held_at,
+            held_by=post.held_by,
             updated_at=post.updated_at,
             source=post.source,
             feed_id=post.feed_id,

@@ -21,7 +21,7 @@ from newsletter.models import Cadence, Delivery, Digest, Post, Tag
 from newsletter.web.rendering import FRAME_CSP
 from subscribers.models import Subscriber
 from subscribers.services import by_uid, remove_subscriber, unsubscribe
-from tests.browser import launch_chromium
+from tests.browser import artefact, launch_chromium
 from tests.conftest import ScriptedHandler, apply_env
 from tests.console.conftest import (
     ADMIN,
@@ -254,7 +254,7 @@ def test_archive_in_the_browser(archive_server: str, built: Archive, tmp_path: P
         page.click("nav >> text=Archive")
         page.wait_for_url(f"{base}/admin/archive")
         assert page.locator("#archive tbody tr").count() == 3
-        page.screenshot(path=str(tmp_path / "console-archive.png"), full_page=True)
+        page.screenshot(path=str(artefact("console-archive.png")), full_page=True)
 
         page.click(f"a[href='/admin/archive/{built.daily}']")
         page.wait_for_url(f"{base}/admin/archive/{built.daily}")
@@ -262,12 +262,12 @@ def test_archive_in_the_browser(archive_server: str, built: Archive, tmp_path: P
         frame.locator("a:has-text('Budget vote')").first.wait_for()
         assert "Hello," in frame.locator("body").inner_text()
         page.click("button[data-width='375']")
-        page.screenshot(path=str(tmp_path / "console-archive-digest.png"), full_page=True)
+        page.screenshot(path=str(artefact("console-archive-digest.png")), full_page=True)
 
         # The public page of the same digest keeps the site's policy.
         page.goto(f"{base}/archive/d/{built.daily}")
         page.frame_locator("#digest-copy").locator("a:has-text('Clinic hours')").first.wait_for()
-        page.screenshot(path=str(tmp_path / "public-archive-digest.png"), full_page=True)
+        page.screenshot(path=str(artefact("public-archive-digest.png")), full_page=True)
     for name in ("console-archive.png", "console-archive-digest.png", "public-archive-digest.png"):
-        assert (tmp_path / name).stat().st_size > 0
+        assert artefact(name).stat().st_size > 0
     assert problems == []

@@ -33,7 +33,7 @@ from subscribers.models import (
     subscriber_tags,
 )
 from subscribers.services import SubscriberInput, add_subscriber
-from tests.browser import launch_chromium
+from tests.browser import artefact, launch_chromium
 from tests.cli_runner import count
 from tests.console.conftest import (
     ADMIN,
@@ -669,18 +669,18 @@ def test_admin_tags_a_filtered_selection_and_imports_a_file_with_a_bad_row(
         page.click("button:has-text('Search')")
         page.wait_for_url("**/admin/subscribers?*tag=news*")
         assert page.locator("#subscribers tbody tr").count() == 2
-        page.screenshot(path=str(tmp_path / "bulk-list.png"), full_page=True)
+        page.screenshot(path=str(artefact("bulk-list.png")), full_page=True)
         page.select_option("#bulk select[name=action]", "tag_add")
         page.select_option("#bulk select[name=bulk_tag]", "extra")
         page.click("#bulk button:has-text('Continue')")
         page.wait_for_url("**/admin/subscribers/bulk?*")
         assert page.locator("#bulk-count").inner_text() == "2"
-        page.screenshot(path=str(tmp_path / "bulk-confirm.png"), full_page=True)
+        page.screenshot(path=str(artefact("bulk-confirm.png")), full_page=True)
         page.click("button:has-text('Add extra to 2 readers')")
         page.wait_for_url("**/admin/jobs/*")
         page.wait_for_selector("#job[data-status=done]")
         assert page.locator("#job-done").inner_text() == "2"
-        page.screenshot(path=str(tmp_path / "bulk-job.png"), full_page=True)
+        page.screenshot(path=str(artefact("bulk-job.png")), full_page=True)
 
         page.goto(f"{base}/admin/subscribers")
         page.click("text=Import a CSV file")
@@ -693,9 +693,9 @@ def test_admin_tags_a_filtered_selection_and_imports_a_file_with_a_bad_row(
         rejected = page.locator("#rejected tbody tr")
         assert rejected.count() == 1
         assert "broken-address" in rejected.inner_text() and "3" in rejected.inner_text()
-        page.screenshot(path=str(tmp_path / "import-report.png"), full_page=True)
+        page.screenshot(path=str(artefact("import-report.png")), full_page=True)
     for shot in ("bulk-list.png", "bulk-confirm.png", "bulk-job.png", "import-report.png"):
-        assert (tmp_path / shot).stat().st_size > 0
+        assert artefact(shot).stat().st_size > 0
     assert problems == []
     assert {e for e in SELECTED if "extra" in follows(e)} == SELECTED
     assert "extra" not in follows("cid@example.org")

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.browser import launch_chromium
+from tests.browser import artefact, launch_chromium
 from tests.console.conftest import ADMIN, PASSWORD, actions, script_problem, serve
 
 if TYPE_CHECKING:
@@ -44,11 +44,11 @@ def test_sign_in_in_the_browser(console_server: str, tmp_path: Path) -> None:
         page.fill("input[name=password]", PASSWORD)
         page.click("button[type=submit]")
         page.wait_for_url(f"{base}/admin/")
-        assert page.locator("h1").inner_text() == "Console"
+        assert page.locator("h1").inner_text() == "Dashboard"
         assert page.locator(".who").inner_text().startswith(ADMIN)
         cookie = next(c for c in page.context.cookies() if c["name"] == "nl_console")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and not cookie["secure"]
-        page.screenshot(path=str(tmp_path / "console-dashboard.png"), full_page=True)
+        page.screenshot(path=str(artefact("console-dashboard.png")), full_page=True)
 
         page.click("nav >> text=Staff")
         page.wait_for_url(f"{base}/admin/staff")
@@ -58,7 +58,7 @@ def test_sign_in_in_the_browser(console_server: str, tmp_path: Path) -> None:
         page.wait_for_url(f"{base}/admin/login")
         page.goto(f"{base}/admin/")
         assert page.url == f"{base}/admin/login"
-    assert (tmp_path / "console-dashboard.png").stat().st_size > 0
+    assert (artefact("console-dashboard.png")).stat().st_size > 0
     assert problems == []
     assert [a for a, _ in actions()] == ["login_failed", "login", "logout"]
 

@@ -22,7 +22,7 @@ from newsletter.db import session_scope, utcnow
 from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest
 from subscribers.models import Subscriber, SubscriberStatus
 from subscribers.search import filter_clauses, search_subscribers
-from tests.browser import OUTSIDE_VIEWPORT_JS, launch_chromium
+from tests.browser import OUTSIDE_VIEWPORT_JS, artefact, launch_chromium
 from tests.console.conftest import ADMIN, EDITOR, browser_sign_in, script_problem, signed_in
 from tests.factories import make_subscriber, make_tags
 
@@ -413,11 +413,11 @@ def test_dashboard_at_phone_and_desktop_width(
             assert box is not None and box["width"] > 200 and box["height"] > 100
             assert page.locator("#send-progress").get_attribute("value") == "4"
             assert page.evaluate(OUTSIDE_VIEWPORT_JS) == [], width
-            page.screenshot(path=str(tmp_path / f"dashboard-{width}.png"), full_page=True)
+            page.screenshot(path=str(artefact(f"dashboard-{width}.png")), full_page=True)
         page.click("#days summary")
         assert page.locator("#days-table tbody tr").count() == 30
         assert page.evaluate(OUTSIDE_VIEWPORT_JS) == []
         page.click(f"#failures a[href='/admin/subscribers/{known.readers['dee']}']")
         page.wait_for_url(f"**/admin/subscribers/{known.readers['dee']}")
-    assert (tmp_path / "dashboard-375.png").stat().st_size > 0
+    assert (artefact("dashboard-375.png")).stat().st_size > 0
     assert problems == []

@@ -20,7 +20,7 @@ from newsletter.pipeline import run_due
 from newsletter.posts import PostInput, add_post, hold_post
 from newsletter.upcoming import upcoming_sends
 from subscribers.models import Subscriber, SubscriberStatus
-from tests.browser import launch_chromium
+from tests.browser import artefact, launch_chromium
 from tests.conftest import ScriptedHandler
 from tests.console.conftest import (
     EDITOR,
@@ -416,7 +416,7 @@ def test_hold_release_and_correct_in_the_browser(console_server: str, tmp_path: 
         row.locator("button:has-text('Hold')").click()
         page.wait_for_url(f"{base}/admin/posts?notice=held")
         assert "held" in row.locator(".state").inner_text()
-        page.screenshot(path=str(tmp_path / "posts-held.png"), full_page=True)
+        page.screenshot(path=str(artefact("posts-held.png")), full_page=True)
         row.locator("button:has-text('Release')").click()
         page.wait_for_url(f"{base}/admin/posts?notice=released")
         assert "held" not in row.locator(".state").inner_text()
@@ -427,14 +427,14 @@ def test_hold_release_and_correct_in_the_browser(console_server: str, tmp_path: 
         page.click("button:has-text('Save the correction')")
         page.wait_for_url(f"{base}/admin/posts/{post_id}?notice=corrected")
         assert page.locator("#post-title").inner_text() == "Post number 1, corrected"
-        page.screenshot(path=str(tmp_path / "post-corrected.png"), full_page=True)
+        page.screenshot(path=str(artefact("post-corrected.png")), full_page=True)
 
         page.click("nav >> text=Upcoming")
         page.wait_for_url(f"{base}/admin/upcoming")
         page.locator("#totals").wait_for()
-        page.screenshot(path=str(tmp_path / "upcoming.png"), full_page=True)
+        page.screenshot(path=str(artefact("upcoming.png")), full_page=True)
     for name in ("posts-held.png", "post-corrected.png", "upcoming.png"):
-        assert (tmp_path / name).stat().st_size > 0
+        assert artefact(name).stat().st_size > 0
     assert problems == []
     assert post_row(post_id).title == "Post number 1, corrected"
     assert [a for a, _ in post_actions()] == ["post_held", "post_released", "post_corrected"]

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from newsletter.console.models import AuditEntry
 from newsletter.db import session_scope
 from newsletter.models import Delivery, Post
-from tests.browser import launch_chromium
+from tests.browser import artefact, launch_chromium
 from tests.cli_runner import count, run
 from tests.conftest import ScriptedHandler, apply_env
 from tests.console.conftest import (
@@ -239,11 +239,11 @@ def test_preview_in_the_browser(preview_server: str, smtp: ScriptedHandler, tmp_
         page.click("button[data-width='375']")
         assert frame_width(page) == 375
         assert page.get_attribute("button[data-width='375']", "aria-pressed") == "true"
-        page.screenshot(path=str(tmp_path / "preview-375.png"), full_page=True)
+        page.screenshot(path=str(artefact("preview-375.png")), full_page=True)
 
         page.click("button[data-width='desktop']")
         assert frame_width(page) > 900  # the whole row, the details below it
-        page.screenshot(path=str(tmp_path / "preview-desktop.png"), full_page=True)
+        page.screenshot(path=str(artefact("preview-desktop.png")), full_page=True)
 
         # The sample unsubscribe link explains itself inside the frame.
         frame.locator("a:has-text('Unsubscribe')").click()
@@ -253,7 +253,7 @@ def test_preview_in_the_browser(preview_server: str, smtp: ScriptedHandler, tmp_
         page.wait_for_url(f"{base}/admin/preview?*sent=*")
         assert page.locator("[role=status]").first.inner_text().startswith("Test sent to")
     for name in ("preview-375.png", "preview-desktop.png"):
-        assert (tmp_path / name).stat().st_size > 0
+        assert artefact(name).stat().st_size > 0
     assert problems == []
     assert len(smtp.messages) == 1 and smtp.messages[0].recipients == [EDITOR]
     assert count(Delivery) == 0

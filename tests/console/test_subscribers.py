@@ -33,7 +33,7 @@ from subscribers.models import (
 )
 from subscribers.search import search_subscribers
 from subscribers.services import SubscriberInput, add_subscriber, editable_values
-from tests.browser import launch_chromium
+from tests.browser import artefact, launch_chromium
 from tests.cli_runner import count
 from tests.conftest import ScriptedHandler
 from tests.console.conftest import (
@@ -592,8 +592,8 @@ def test_admin_finds_a_reader_and_suppresses_them_in_the_browser(
         page.click("button:has-text('Suppress this address')")
         page.wait_for_url("**?notice=suppressed")
         assert "Suppressed (manual)" in page.locator("#suppression").inner_text()
-        page.screenshot(path=str(tmp_path / "console-reader.png"), full_page=True)
-    assert (tmp_path / "console-reader.png").stat().st_size > 0
+        page.screenshot(path=str(artefact("console-reader.png")), full_page=True)
+    assert (artefact("console-reader.png")).stat().st_size > 0
     assert problems == []
     assert suppressed("ana@example.org") is SuppressionReason.MANUAL
     assert actions()[-1] == ("subscriber_suppressed", f"subscriber #{reader}")
@@ -624,7 +624,7 @@ def test_admin_edits_a_readers_tags_and_cadence_in_the_browser(
         page.click("button:has-text('Save')")
         assert "unknown time zone" in page.locator("#timezone-error").inner_text()
         assert page.is_checked("input[name=tags][value=health]")  # nothing typed is lost
-        page.screenshot(path=str(tmp_path / "console-reader-edit-error.png"), full_page=True)
+        page.screenshot(path=str(artefact("console-reader-edit-error.png")), full_page=True)
         page.fill("input[name=timezone]", "Europe/Lisbon")
         page.click("button:has-text('Save')")
         page.wait_for_url("**?notice=saved")
@@ -633,9 +633,9 @@ def test_admin_edits_a_readers_tags_and_cadence_in_the_browser(
         assert "weekly" in fields and "Europe/Lisbon" in fields and "Wednesday" in fields
         follows = page.locator("#follows").inner_text()
         assert "health" in follows and "science" in follows and "climate" not in follows
-        page.screenshot(path=str(tmp_path / "console-reader-edit.png"), full_page=True)
+        page.screenshot(path=str(artefact("console-reader-edit.png")), full_page=True)
     for name in ("console-reader-edit-error.png", "console-reader-edit.png"):
-        assert (tmp_path / name).stat().st_size > 0
+        assert artefact(name).stat().st_size > 0
     assert problems == []
     state = reader_state(reader)
     assert state["cadence"].value == "weekly" and state["send_weekday"] == 2

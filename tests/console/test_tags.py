@@ -14,7 +14,7 @@ from sqlalchemy import select
 from newsletter.db import session_scope
 from newsletter.models import Tag, post_tags
 from newsletter.tags import find_tag
-from tests.browser import launch_chromium
+from tests.browser import artefact, launch_chromium
 from tests.console.conftest import (
     ADMIN,
     EDITOR,
@@ -204,7 +204,7 @@ def test_admin_merges_tags_and_creates_and_revokes_a_token_in_the_browser(
         assert page.locator("h1").inner_text() == "Environment"
         assert page.locator("#followers").inner_text() == "1"
         assert page.locator("#posts").inner_text() == "1"
-        page.screenshot(path=str(tmp_path / "console-tag-merged.png"), full_page=True)
+        page.screenshot(path=str(artefact("console-tag-merged.png")), full_page=True)
 
         page.click("nav >> text=API tokens")
         page.fill("input[name=name]", "Zapier")
@@ -212,19 +212,19 @@ def test_admin_merges_tags_and_creates_and_revokes_a_token_in_the_browser(
         page.click("button:has-text('Create token')")
         secret = page.locator("#secret").input_value()
         assert secret.startswith("nl_") and page.url.removeprefix(base) == "/admin/tokens"
-        page.screenshot(path=str(tmp_path / "console-token-created.png"), full_page=True)
+        page.screenshot(path=str(artefact("console-token-created.png")), full_page=True)
         page.click("text=Done: back to the tokens")
         assert secret not in page.content()
         page.click("button[aria-label='Revoke token Zapier']")
         page.wait_for_url("**?notice=revoked")
         assert "revoked" in page.locator(".notice").inner_text()
-        page.screenshot(path=str(tmp_path / "console-token-revoked.png"), full_page=True)
+        page.screenshot(path=str(artefact("console-token-revoked.png")), full_page=True)
     for name in (
         "console-tag-merged.png",
         "console-token-created.png",
         "console-token-revoked.png",
     ):
-        assert (tmp_path / name).stat().st_size > 0
+        assert artefact(name).stat().st_size > 0
     assert problems == []
     assert follows() == {(reader, "environment"): t0}
     assert [a for a, _ in actions()][-3:] == ["tag_merged", "token_created", "token_revoked"]

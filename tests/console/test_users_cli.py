@@ -133,3 +133,12 @@ def test_prompts_twice_hidden_at_a_terminal(app_env: str, second: str, created: 
     assert PASSWORD.encode() not in shown and second.encode() not in shown
     assert (b"the two passwords differ" in shown) is not created
     assert count(StaffUser) == (1 if created else 0)
+
+
+@pytest.mark.real_password_cost
+def test_passwords_are_hashed_at_the_recommended_argon2id_cost() -> None:
+    """Other tests hash cheaply for speed; this pins what production stores."""
+    stored = services.hash_password(PASSWORD)
+    assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert services.verify_password(stored, PASSWORD)
+    assert not services.verify_password(stored, PASSWORD + "!")

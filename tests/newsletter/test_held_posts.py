@@ -170,3 +170,41 @@ def test_sweeper_leaves_a_held_post_alone_and_plans_it_once_released(
     run_due(later)
     assert titles_by_recipient(smtp) == {"imm@example.org": [HELD]}
     assert planning.unplanned_posts(later) == []
+
+
+def test_an_editor_token_holds_and_releases_through_the_api(
+    smtp: ScriptedHandler, t0: dt.datetime
+) -> None:
+    """The REST API reaches hold and release with an editor's token, audited, and a
+    held post goes to its immediate reader only once released."""
+    from fastapi.testclient import TestClient
+
+    from newsletter.apitokens import create_token
+    from newsletter.console.models import AuditEntry
+    from newsletter.web.app import create_app
+
+    reader = make_subscriber("imm@example.org", "politics", now=t0)
+    with session_scope() as session:
+        plain, _ = create_token(session, "newsroom", role="editor")
+        post = add_post(
+            session,
+            PostInput(title=HELD, url="https://blog.example.org/held/", tags="politics"),
+            now=t0 + HOUR,
+        )
+        assert hold_post(post, "grace@example.org", t0 + HOUR)
+        post_id = post.id
+    api = TestClient(create_app(), headers={"Authorization": f"Bearer {plain}"})
+
+    held = api.post(f"/api/posts/{post_id}/hold")
+    assert held.status_code == 200 and held.json()["held_by"] == "grace@example.org"
+    assert promised_to(post_id) == [] and smtp.messages == []
+
+    released = api.post(f"/api/posts/{post_id}/release")
+    assert released.status_code == 200 and released.json()["held_at"] is None
+    assert promised_to(post_id) == [reader]
+    assert api.post(f"/api/posts/{post_id}/release").status_code == 200  # no-op
+    assert promised_to(post_id) == [reader] and len(smtp.messages) == 1
+    assert api.post("/api/posts/999999/hold").status_code == 404
+    with session_scope() as session:
+        logged = session.scalars(select(AuditEntry.action).order_by(AuditEntry.id)).all()
+    assert logged == ["post_released"]

@@ -26,7 +26,7 @@ from newsletter.web.app import create_app
 from newsletter.web.auth import require_admin_token, require_token
 from subscribers import suppression
 from subscribers.models import Subscriber, Suppression, SuppressionEvent, SuppressionReason
-from tests.browser import launch_chromium
+from tests.browser import artefact, launch_chromium
 from tests.conftest import ScriptedHandler
 from tests.console.conftest import script_problem, serve
 from tests.factories import make_post, make_subscriber
@@ -41,6 +41,7 @@ pytestmark = pytest.mark.usefixtures("app_env")
 EDITOR_OPERATIONS = {
     ("GET", "/api/posts"), ("POST", "/api/posts"), ("GET", "/api/posts/{post_id}"),
     ("PATCH", "/api/posts/{post_id}"), ("DELETE", "/api/posts/{post_id}"),
+    ("POST", "/api/posts/{post_id}/hold"), ("POST", "/api/posts/{post_id}/release"),
     ("GET", "/api/tags"), ("POST", "/api/tags"), ("GET", "/api/tags/{slug}"),
     ("PATCH", "/api/tags/{slug}"), ("DELETE", "/api/tags/{slug}"),
     ("GET", "/api/digests"), ("GET", "/api/digests/{digest_id}"), ("GET", "/api/stats"),
@@ -294,6 +295,6 @@ def test_docs_try_a_route_with_an_editor_token_offline(api_server: str, tmp_path
         assert execute("subscribers-list_subscribers_api_subscribers_get") == "403"
         refusal = page.locator("#operations-subscribers-list_subscribers_api_subscribers_get")
         assert "needs an admin token" in refusal.locator(".live-responses-table").inner_text()
-        refusal.screenshot(path=str(tmp_path / "docs-editor-403.png"))
-    assert (tmp_path / "docs-editor-403.png").stat().st_size > 0
+        refusal.screenshot(path=str(artefact("docs-editor-403.png")))
+    assert (artefact("docs-editor-403.png")).stat().st_size > 0
     assert elsewhere == [] and problems == []

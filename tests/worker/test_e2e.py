@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import kombu.pools
 import pytest
 import redis
 from celery import Celery
@@ -141,6 +142,9 @@ def reset_broker_pools(app: Celery) -> None:
     if amqp is not None and amqp._producer_pool is not None:
         amqp._producer_pool.force_close_all()
         amqp._producer_pool = None
+    # kombu keeps its pools in a registry keyed by broker URL: a closed pool left
+    # there would be handed to the next test on the same broker.
+    kombu.pools.reset()
 
 
 def broker_idle(client: redis.Redis) -> bool:
