@@ -12,6 +12,7 @@ range scans on deliveries (status, created_at).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import threading
 import time
@@ -25,6 +26,8 @@ from sqlalchemy.orm import Session
 from newsletter.db import utcnow
 from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest, Tag
 from subscribers.models import Subscriber, SubscriberStatus, subscriber_tags
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -273,24 +276,44 @@ def cached(
     session: Session, name: str, compute: Callable[[Session], T], max_age: float = CACHE_SECONDS
 ) -> Counted[T]:
     """`compute(session)`, counted at most `max_age` seconds ago in this process, per
-    database. While one request counts again, others get the previous figure rather
-    than start the same count."""
+    database. Once a figure is older, the request still gets it at once while one
+    background thread counts again (stale while revalidating): at a million readers a
+    count takes a second or more, and no page view should wait for it. Only the very
+    first request in a process counts while it waits."""
     key = (str(session.get_bind().engine.url), name)
     entry = _entries.get(key)
     if entry is not None and time.monotonic() - entry.stored < max_age:
         return entry
     lock = _locks.setdefault(key, threading.Lock())
-    if not lock.acquire(blocking=entry is None):
-        assert entry is not None
+    if entry is not None:
+        if lock.acquire(blocking=False):
+            bind = session.get_bind()
+            threading.Thread(
+                target=_recount, args=(key, bind, compute, lock), name=f"count-{name}", daemon=True
+            ).start()
         return entry
-    try:
+    with lock:
         entry = _entries.get(key)
-        if entry is not None and time.monotonic() - entry.stored < max_age:
+        if entry is not None:
             return entry
-        as_of = utcnow()
-        fresh = Counted(compute(session), as_of, time.monotonic())
-        _entries[key] = fresh
-        return fresh
+        return _store(key, compute(session))
+
+
+def _store(key: tuple[str, str], value: T) -> Counted[T]:
+    fresh = Counted(value, utcnow(), time.monotonic())
+    _entries[key] = fresh
+    return fresh
+
+
+def _recount(
+    key: tuple[str, str], bind: Any, compute: Callable[[Session], T], lock: threading.Lock
+) -> None:
+    """Count again in a session of its own; a failure keeps the old figure (logged)."""
+    try:
+        with Session(bind) as session:
+            _store(key, compute(session))
+    except Exception:
+        log.exception("dashboard counts (%s) could not be refreshed", key[1])
     finally:
         lock.release()
 
