@@ -682,6 +682,15 @@ def test_admin_tags_a_filtered_selection_and_imports_a_file_with_a_bad_row(
         assert page.locator("#job-done").inner_text() == "2"
         page.screenshot(path=str(artefact("bulk-job.png")), full_page=True)
 
+        page.goto(f"{base}/admin/subscribers?tag=news&cadence=daily")
+        with page.expect_download() as download_info:
+            page.click("text=Export these readers as CSV")
+        download = download_info.value
+        assert re.fullmatch(r"subscribers-\d{4}-\d{2}-\d{2}\.csv", download.suggested_filename)
+        exported = Path(download.path()).read_text().splitlines()
+        assert exported[0].startswith("email,") and len(exported) == 1 + len(SELECTED)
+        assert {line.split(",")[0] for line in exported[1:]} == SELECTED
+
         page.goto(f"{base}/admin/subscribers")
         page.click("text=Import a CSV file")
         page.wait_for_url(f"{base}/admin/subscribers/import")
