@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 
 from newsletter import db
 from newsletter.config import describe_errors, get_settings
@@ -55,6 +56,15 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (InvalidInput, NotFound) as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except DBAPIError as exc:
+            if not db.missing_schema(exc):
+                raise
+            err_console.print(
+                "[bold red]error:[/] the database has no tables for this yet (a new database, "
+                "or an older schema): run `newsletter db upgrade` first",
+                highlight=False,
+            )
             raise typer.Exit(2) from None
         except ValueError as exc:
             # Settings that fail validation (a bad environment variable) land here.

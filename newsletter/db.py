@@ -145,3 +145,11 @@ def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose()
     _engines.clear()
+
+
+def missing_schema(exc: BaseException) -> bool:
+    """Whether a database error means a table is missing: the schema was never made or
+    is older than the code (SQLite says "no such table", PostgreSQL raises
+    UndefinedTable, SQLSTATE 42P01)."""
+    orig = getattr(exc, "orig", exc)
+    return "no such table" in str(orig) or getattr(orig, "sqlstate", None) == "42P01"

@@ -252,3 +252,21 @@ def test_tokens_carry_a_role_and_a_bad_role_writes_nothing() -> None:
     code, out, err = run("tokens", "create", "root", "--role", "owner")
     assert code != 0 and "admin" in err and "editor" in err
     assert count(ApiToken) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_without_the_schema_gets_a_clear_message(
+    backend: str,
+    settings_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Before `db upgrade`, a command says what to do instead of printing a traceback."""
+    from tests.conftest import PG_ADMIN_DSN, apply_env
+
+    url = f"sqlite:///{tmp_path}/new.db" if backend == "sqlite" else PG_ADMIN_DSN
+    apply_env(monkeypatch, NEWSLETTER_DATABASE_URL=url)
+    for args in (("users", "list"), ("subscribers", "list"), ("tokens", "list")):
+        code, _, err = run(*args)
+        assert code == 2, (args, err)
+        assert "newsletter db upgrade" in err and "Traceback" not in err
