@@ -140,3 +140,29 @@ def test_editor_and_a_missing_csrf_token_are_refused_and_change_nothing() -> Non
         assert admin.post(f"/admin/tokens/{token_id}/revoke", data=data).status_code == 403
     assert count(ApiToken) == 1 and api_status(secret) == 200
     assert [a for a, _ in actions()] == ["login", "login"]
+
+
+def test_sending_the_create_form_again_makes_no_second_token() -> None:
+    """A reload of the page with the secret re-sends the form; the form's one-time id
+    refuses it, so no second token is made and no secret shown."""
+    c = signed_in(ADMIN)
+    page = c.get("/admin/tokens").text
+    form_id = re.search(r'name="form_id" value="([^"]+)"', page)
+    assert form_id
+    data = {
+        "name": "newsroom",
+        "role": "editor",
+        "csrf_token": form_token(page),
+        "form_id": form_id.group(1),
+    }
+    assert c.post("/admin/tokens", data=data).status_code == 200
+    again = c.post("/admin/tokens", data=data)
+    assert again.status_code == 409
+    assert "already sent" in again.text and not SECRET.search(again.text)
+    assert count(ApiToken) == 1
+    # A fresh form makes a token as before.
+    fresh = c.get("/admin/tokens").text
+    other = re.search(r'name="form_id" value="([^"]+)"', fresh)
+    assert other and other.group(1) != form_id.group(1)
+    assert c.post("/admin/tokens", data={**data, "form_id": other.group(1)}).status_code == 200
+    assert count(ApiToken) == 2
