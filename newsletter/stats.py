@@ -331,6 +331,26 @@ class Overview:
     failures: list[Failure]
 
 
+def warm_up() -> threading.Thread:
+    """Count the dashboard's figures in the background as the server starts, so the
+    first dashboard view does not wait for them either. A database that cannot be
+    counted yet (no schema) is only logged: the page counts when it is first shown."""
+
+    def count() -> None:
+        from newsletter.db import session_scope
+
+        try:
+            with session_scope() as session:
+                cached(session, "readers", reader_counts)
+                cached(session, "days", daily_counts)
+        except Exception as exc:
+            log.warning("dashboard counts not made at start-up: %s", exc)
+
+    thread = threading.Thread(target=count, name="count-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def overview(session: Session, failures: int = FAILURES_SHOWN) -> Overview:
     """Everything the dashboard shows: counts from the cache, the rest read now."""
     return Overview(

@@ -26,6 +26,7 @@ PG_ADMIN_DSN = os.environ.get("NEWSLETTER_TEST_PG", "postgresql://postgres@127.0
 REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`-n`, `--dist loadgroup`) tests that share a service run on
     one worker, one after another: the end-to-end tests share the Redis database they
@@ -37,6 +38,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("faults"))
         elif item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.xdist_group("broker"))
+
+
+@pytest.fixture(autouse=True)
+def no_count_warm_up(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app started in a test does not count the dashboard's figures in the
+    background: a late count could land in the cache of the next test's data. The
+    warm-up itself is tested where it is asked for (`warm_up` marker)."""
+    if request.node.get_closest_marker("warm_up"):
+        return
+    from newsletter import stats
+
+    monkeypatch.setattr(stats, "warm_up", lambda: None)
 
 
 @pytest.fixture(autouse=True)

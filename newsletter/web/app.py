@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +12,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from newsletter import __version__
+from newsletter import __version__, stats
 from newsletter.config import get_settings, settings_or_exit
 from newsletter.console.routes import CONSOLE_ROUTERS
 from newsletter.errors import InvalidInput, NotFound
@@ -82,11 +84,24 @@ def server_log_config() -> dict[str, Any]:
     return config
 
 
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """At start-up the dashboard's counts are made in the background (newsletter.stats)."""
+    stats.warm_up()
+    yield
+
+
 def create_app() -> FastAPI:
     # Any ASGI server building the app refuses to start on bad settings, rather than
     # answering 500 to every request.
     settings_or_exit()
-    app = FastAPI(title="Tag-digest newsletter", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Tag-digest newsletter",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     docs.install_docs(app)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=templates_dir() / "web" / "static"), name="static")

@@ -367,6 +367,25 @@ def test_a_stale_figure_is_served_at_once_and_counted_again_behind() -> None:
     stats.clear_cache()
 
 
+@pytest.mark.warm_up
+def test_the_server_counts_the_figures_as_it_starts(known: Known) -> None:
+    """Started with its lifespan (as `newsletter serve` runs it), the app counts the
+    dashboard's figures in the background, so even the first view finds them."""
+    from fastapi.testclient import TestClient
+
+    from newsletter.web.app import create_app
+
+    stats.clear_cache()
+    with TestClient(create_app()):
+        deadline = time.monotonic() + 10
+        while len(stats._entries) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert {name for _, name in stats._entries} == {"readers", "days"}
+    with session_scope() as session:
+        assert stats.overview(session).readers.value.total == 6
+    stats.clear_cache()
+
+
 def test_anonymous_visitor_is_sent_to_sign_in() -> None:
     from tests.console.conftest import client
 
