@@ -12,5 +12,8 @@ python3 -m venv .venv
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 # Two workers (pytest-xdist): tests wait on databases, SMTP and Chromium more than on
-# the CPU; tests sharing a service are kept on one worker (tests/conftest.py).
-.venv/bin/pytest -q -n 2 --dist loadgroup "$@"
+# the CPU; the fault tests are kept together on one worker (tests/conftest.py). The
+# end-to-end tests, which drive a real Celery worker through the shared Redis, run
+# after them in one process of their own.
+.venv/bin/pytest -q -n 2 --dist loadgroup -m "not e2e" "$@"
+.venv/bin/pytest -q -m e2e "$@"
