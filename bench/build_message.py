@@ -1,0 +1,150 @@
+"""Time the per-reader work of a send without the network: one shared digest, many
+readers' copies built from it (personal values, substitution, MIME), as the sender
+does for every message.
+
+    python bench/build_message.py [--posts 5] [--copies 2000]
+
+No database and no SMTP server: the digest is rendered once from posts held in
+memory, then `sending.message_for` builds each reader's copy. Prints the message
+size and the time per copy, split into its parts. Run by hand; results go in
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PARAGRAPH = (
+    "The council met on Tuesday to settle the budget for the coming year, and the "
+    "debate ran long into the evening as members weighed housing against transport. "
+)
+
+
+def timed(run: Callable[[], object], copies: int) -> float:
+    """Milliseconds per call: the median of five rounds of `copies` calls."""
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(copies):
+            run()
+        rounds.append((time.perf_counter() - start) * 1000 / copies)
+    return statistics.median(rounds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--posts", type=int, default=5, help="posts in the digest")
+    parser.add_argument("--copies", type=int, default=2000, help="copies built per round")
+    parser.add_argument(
+        "--summary-paragraphs", type=int, default=3, help="paragraphs per summary (3: about 40 KB)"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("NEWSLETTER_BASE_URL", "https://news.example.org")
+    os.environ.setdefault("NEWSLETTER_FROM", "digest@news.example.org")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from newsletter.config import get_settings
+    from newsletter.mail import build_message
+    from newsletter.models import Cadence, Delivery, Digest, Post, Tag
+    from newsletter.personalize import fill
+    from newsletter.rendering import render_digest
+    from newsletter.sending import digest_headers, message_for, personal_values
+    from subscribers.models import Subscriber, SubscriberStatus
+
+    settings = get_settings()
+    now = dt.datetime(2026, 11, 27, 8, tzinfo=dt.UTC)
+    tags = [Tag(id=i, slug=s, name=s.title()) for i, s in enumerate(("politics", "housing"), 1)]
+    posts = [
+        Post(
+            id=n,
+            guid=f"post-{n}",
+            title=f"Budget day, part {n}: what changes for renters",
+            url=f"https://blog.example.org/posts/{n}/",
+            author="Marta Reis",
+            summary=PARAGRAPH * args.summary_paragraphs,
+            body_html="",
+            published_at=now - dt.timedelta(hours=n),
+            tags=tags,
+        )
+        for n in range(1, args.posts + 1)
+    ]
+    rendered = render_digest(posts, Cadence.DAILY)
+    digest = Digest(
+        id=1,
+        cadence=Cadence.DAILY,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+    )
+    reader = Subscriber(
+        id=1,
+        uid="0123456789abcdefghijkl",
+        email="ana.lima@example.org",
+        name="Ana Lima",
+        status=SubscriberStatus.ACTIVE,
+        cadence=Cadence.DAILY,
+        timezone="Europe/Lisbon",
+        send_hour=8,
+        send_weekday=0,
+        tags=tags,
+    )
+    delivery = Delivery(id=1, message_id="<1.abc@news.example.org>")
+    message = message_for(delivery, digest, reader, settings)
+    values = personal_values(reader, settings)
+
+    def build_only() -> object:
+        return build_message(
+            from_name=settings.from_name,
+            from_address=settings.from_,
+            to_name=reader.name,
+            to_address=reader.email,
+            subject=digest.subject,
+            text=digest.text,
+            html=digest.html,
+            message_id=delivery.message_id,
+            headers=digest_headers(values["UNSUBSCRIBE_URL"], settings),
+        )
+
+    def whole() -> object:
+        return message_for(delivery, digest, reader, settings)
+
+    parts = [
+        ("personal values (links signed)", lambda: personal_values(reader, settings)),
+        (
+            "substitution (html, text, subject)",
+            lambda: (
+                fill(digest.html, values, escape=True),
+                fill(digest.text, values, escape=False),
+                fill(digest.subject, values, escape=False),
+            ),
+        ),
+        ("MIME (headers, quoted-printable, bytes)", build_only),
+        (
+            "whole copy (sending.message_for)",
+            lambda: message_for(delivery, digest, reader, settings),
+        ),
+    ]
+    table = Table(
+        "step",
+        "ms per copy",
+        title=f"One reader's copy: {len(message.data) / 1024:.1f} KB on the wire, "
+        f"HTML {len(digest.html) / 1024:.1f} KB, {args.posts} posts",
+    )
+    for label, run in parts:
+        table.add_row(label, f"{timed(run, args.copies):.3f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
