@@ -8,7 +8,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from sqlalchemy import DateTime, Engine, MetaData, String, create_engine, event
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Engine,
+    MetaData,
+    SQLColumnExpression,
+    String,
+    and_,
+    create_engine,
+    event,
+)
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -153,3 +163,10 @@ def missing_schema(exc: BaseException) -> bool:
     UndefinedTable, SQLSTATE 42P01)."""
     orig = getattr(exc, "orig", exc)
     return "no such table" in str(orig) or getattr(orig, "sqlstate", None) == "42P01"
+
+
+def prefix_range(column: SQLColumnExpression[str], prefix: str) -> ColumnElement[bool]:
+    """`column` starts with `prefix`, as a range an ordinary index can answer:
+    prefix <= column < prefix with its last character incremented."""
+    upper = prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF))
+    return and_(column >= prefix, column < upper)

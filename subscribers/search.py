@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from sqlalchemy import (
     ColumnElement,
     Select,
-    SQLColumnExpression,
-    and_,
     bindparam,
     exists,
     func,
@@ -35,16 +33,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from newsletter.db import prefix_range
 from newsletter.errors import InvalidInput
 from newsletter.models import Cadence, Tag
 from newsletter.text import first_unsafe_char, one_line
 from subscribers import suppression
 from subscribers.cadence import parse_cadence
 from subscribers.models import Subscriber, SubscriberStatus, SuppressionReason, subscriber_tags
+from subscribers.suppression import MAX_QUERY_CHARS as MAX_QUERY_CHARS
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-MAX_QUERY_CHARS = 320
 
 
 @dataclass(frozen=True)
@@ -60,13 +59,6 @@ class SubscriberPage:
     rows: list[SubscriberRow]
     # The cursor for the next page (the last address shown), None on the last page.
     next_after: str | None
-
-
-def prefix_range(column: SQLColumnExpression[str], prefix: str) -> ColumnElement[bool]:
-    """`column` starts with `prefix`, as a range an ordinary index can answer:
-    prefix <= column < prefix with its last character incremented."""
-    upper = prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF))
-    return and_(column >= prefix, column < upper)
 
 
 def parse_status(raw: str | None) -> SubscriberStatus | None:

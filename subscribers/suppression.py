@@ -12,15 +12,23 @@ what did it, so an admin can tell why an address is (or was) blocked.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter.errors import NotFound
+from newsletter.db import prefix_range
+from newsletter.errors import InvalidInput, NotFound
+from newsletter.text import one_line
 from subscribers.models import Suppression, SuppressionEvent, SuppressionReason
 
 log = logging.getLogger(__name__)
+
+# Addresses on one page of the list (the console's, the API's default).
+SEARCH_PAGE_SIZE = 50
+# The longest address there is (RFC 5321): no search or cursor needs more.
+MAX_QUERY_CHARS = 320
 
 # Reasons that even a sign-up confirmation must respect: nobody but an admin lifts them.
 BLOCKS_ALL = frozenset(
@@ -117,3 +125,43 @@ def history(session: Session, email: str) -> list[SuppressionEvent]:
 
 def list_all(session: Session) -> list[Suppression]:
     return list(session.scalars(select(Suppression).order_by(Suppression.created_at.desc())))
+
+
+@dataclass(frozen=True)
+class SuppressionPage:
+    rows: list[Suppression]
+    # The cursor for the next page (the last address shown), None on the last page.
+    next_after: str | None
+
+
+def parse_reason(raw: str) -> SuppressionReason | None:
+    """A reason filter; empty means any."""
+    if not raw.strip():
+        return None
+    try:
+        return SuppressionReason(raw.strip().lower())
+    except ValueError:
+        choices = ", ".join(r.value for r in SuppressionReason)
+        raise InvalidInput(f"unknown reason {one_line(raw, 40)!r}: choose {choices}") from None
+
+
+def search(
+    session: Session,
+    prefix: str = "",
+    reason: SuppressionReason | None = None,
+    after: str | None = None,
+    limit: int = SEARCH_PAGE_SIZE,
+) -> SuppressionPage:
+    """Suppressed addresses starting with `prefix`, with `reason`, by address, after
+    the address `after`."""
+    query = select(Suppression).order_by(Suppression.email).limit(limit + 1)
+    text = prefix.strip().lower()[:MAX_QUERY_CHARS]
+    if text:
+        query = query.where(prefix_range(Suppression.email, text))
+    if reason is not None:
+        query = query.where(Suppression.reason == reason)
+    if after:
+        query = query.where(Suppression.email > after[:MAX_QUERY_CHARS])
+    found: Sequence[Suppression] = session.scalars(query).all()
+    shown = list(found[:limit])
+    return SuppressionPage(shown, shown[-1].email if len(found) > limit and shown else None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
@@ -29,7 +28,7 @@ from newsletter.console.security import (
     error_page,
     request_ip,
 )
-from newsletter.console.views import page, see_other
+from newsletter.console.views import list_url, page, see_other
 from newsletter.db import session_scope, utcnow
 from newsletter.errors import InvalidInput, NotFound
 from subscribers import bulk
@@ -50,10 +49,6 @@ FormFilter = Annotated[str, Form(max_length=320)]
 
 def _actor(session: Session, staff: Staff) -> StaffUser | None:
     return session.get(StaffUser, staff.user_id)
-
-
-def _list_url(filters: dict[str, str]) -> str:
-    return "/admin/subscribers" + ("?" + urlencode(filters) if filters else "")
 
 
 # -- bulk actions -----------------------------------------------------------------
@@ -93,7 +88,7 @@ def confirm_bulk(
             filters=selection.filters(),
             upto=upto,
             background=not bulk.runs_in_request(count, bulk.INLINE_LIMIT),
-            list_url=_list_url(selection.filters()),
+            list_url=list_url("/admin/subscribers", selection.filters()),
         )
 
 
@@ -174,7 +169,7 @@ def job_page(staff: AdminDep, job_id: int) -> HTMLResponse:
             running=running,
             refresh=REFRESH_SECONDS if running else None,
             filters=filters,
-            list_url=_list_url(kept),
+            list_url=list_url("/admin/subscribers", kept),
             report=job.report,
             failures=job.report.get("failures", []),
             rejected=job.report.get("rejected", []),

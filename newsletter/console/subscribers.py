@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse
@@ -21,7 +20,7 @@ from sqlalchemy.orm import Session
 from newsletter.console import services
 from newsletter.console.models import StaffUser
 from newsletter.console.security import AdminDep, ConsoleRoute, CsrfDep, Staff, request_ip
-from newsletter.console.views import page, see_other
+from newsletter.console.views import list_url, page, see_other
 from newsletter.db import session_scope
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.models import Cadence, Delivery, Digest, Tag
@@ -42,6 +41,7 @@ from subscribers.services import (
 
 router = APIRouter(prefix="/admin", include_in_schema=False, route_class=ConsoleRoute)
 
+LIST = "/admin/subscribers"
 DELIVERIES_SHOWN = 50
 # More tag boxes than any form has: a crafted post is cut short, not parsed whole.
 MAX_TAGS_POSTED = 1000
@@ -54,12 +54,6 @@ READER_NOTICES = {
 LIST_NOTICES = {"deleted": "The reader and their personal data are deleted."}
 
 Filter = Annotated[str, Query(max_length=320)]
-
-
-def _list_url(filters: dict[str, str], after: str | None) -> str:
-    """The list with these filters, from `after` on: pages keep the search."""
-    params = {**filters, **({"after": after} if after else {})}
-    return "/admin/subscribers" + ("?" + urlencode(params) if params else "")
 
 
 @router.get("/subscribers")
@@ -82,8 +76,8 @@ def subscriber_list(
             staff,
             "subscribers",
             rows=result.rows,
-            next_url=_list_url(active, result.next_after) if result.next_after else None,
-            first_url=None if not after else _list_url(active, None),
+            next_url=list_url(LIST, active, result.next_after) if result.next_after else None,
+            first_url=None if not after else list_url(LIST, active),
             filters=filters,
             filtered=bool(active),
             tags=tags,

@@ -7,30 +7,28 @@ cursor and the prefix search), never OFFSET. Adding and lifting go through
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from newsletter.console import services
 from newsletter.console.models import StaffUser
 from newsletter.console.security import AdminDep, ConsoleRoute, CsrfDep, Staff, request_ip
-from newsletter.console.views import page, see_other
+from newsletter.console.views import list_url, page, see_other
 from newsletter.db import session_scope
 from newsletter.errors import InvalidInput
 from newsletter.text import one_line
 from subscribers import suppression
-from subscribers.models import Subscriber, Suppression, SuppressionReason
-from subscribers.search import MAX_QUERY_CHARS, PAGE_SIZE, prefix_range
+from subscribers.models import Subscriber, SuppressionReason
 from subscribers.services import normalize_email
+from subscribers.suppression import MAX_QUERY_CHARS
 
 router = APIRouter(prefix="/admin", include_in_schema=False, route_class=ConsoleRoute)
 
+LIST = "/admin/suppressions"
 MAX_NOTE_LENGTH = 1000
 HISTORY_NOTICES = {
     "added": "The address is suppressed: no mail of any kind goes to it until it is lifted.",
@@ -38,52 +36,6 @@ HISTORY_NOTICES = {
 }
 
 Filter = Annotated[str, Query(max_length=MAX_QUERY_CHARS)]
-
-
-@dataclass(frozen=True)
-class SuppressionPage:
-    rows: list[Suppression]
-    # The cursor for the next page (the last address shown), None on the last page.
-    next_after: str | None
-
-
-def parse_reason(raw: str) -> SuppressionReason | None:
-    """A reason filter; empty means any."""
-    if not raw.strip():
-        return None
-    try:
-        return SuppressionReason(raw.strip().lower())
-    except ValueError:
-        choices = ", ".join(r.value for r in SuppressionReason)
-        raise InvalidInput(f"unknown reason {one_line(raw, 40)!r}: choose {choices}") from None
-
-
-def search_suppressions(
-    session: Session,
-    prefix: str = "",
-    reason: SuppressionReason | None = None,
-    after: str | None = None,
-    limit: int = PAGE_SIZE,
-) -> SuppressionPage:
-    """Suppressed addresses starting with `prefix`, with `reason`, by address, after
-    the address `after`."""
-    query = select(Suppression).order_by(Suppression.email).limit(limit + 1)
-    text = prefix.strip().lower()[:MAX_QUERY_CHARS]
-    if text:
-        query = query.where(prefix_range(Suppression.email, text))
-    if reason is not None:
-        query = query.where(Suppression.reason == reason)
-    if after:
-        query = query.where(Suppression.email > after[:MAX_QUERY_CHARS])
-    found: Sequence[Suppression] = session.scalars(query).all()
-    shown = list(found[:limit])
-    return SuppressionPage(shown, shown[-1].email if len(found) > limit and shown else None)
-
-
-def _list_url(filters: dict[str, str], after: str | None) -> str:
-    """The list with these filters, from `after` on: pages keep the search."""
-    params = {**filters, **({"after": after} if after else {})}
-    return "/admin/suppressions" + ("?" + urlencode(params) if params else "")
 
 
 def _history_url(email: str, notice: str = "") -> str:
@@ -110,7 +62,7 @@ def _list_page(
     filters = {"q": q, "reason": reason}
     active = {key: value for key, value in filters.items() if value}
     with session_scope() as session:
-        result = search_suppressions(session, q, parse_reason(reason), after or None)
+        result = suppression.search(session, q, suppression.parse_reason(reason), after or None)
         emails = [row.email for row in result.rows]
         readers = {
             email: reader_id
@@ -126,8 +78,8 @@ def _list_page(
             rows=result.rows,
             readers=readers,
             history_url=_history_url,
-            next_url=_list_url(active, result.next_after) if result.next_after else None,
-            first_url=None if not after else _list_url(active, None),
+            next_url=list_url(LIST, active, result.next_after) if result.next_after else None,
+            first_url=None if not after else list_url(LIST, active),
             filters=filters,
             filtered=bool(active),
             reasons=[r.value for r in SuppressionReason],

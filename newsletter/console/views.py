@@ -10,6 +10,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -84,6 +85,13 @@ def page(
 
 def see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
+
+
+def list_url(path: str, filters: dict[str, str], after: str | None = None) -> str:
+    """A list page with these filters, from the keyset cursor `after` on: the next
+    page, the first page and a confirmed action all keep the search."""
+    params = {**filters, **({"after": after} if after else {})}
+    return path + ("?" + urlencode(params) if params else "")
 
 
 # -- sign-in and sign-out ---------------------------------------------------------

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from newsletter import archive, stats
 from newsletter.console import services
-from newsletter.console.suppressions import search_suppressions
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.models import ApiToken, Tag
 from newsletter.tags import slugify
@@ -107,7 +106,7 @@ def list_suppressions(
     limit: Limit = 50,
 ) -> SuppressionList:
     """By address; nothing is mailed to these until an admin lifts the suppression."""
-    found = search_suppressions(session, prefix, reason, after or None, limit)
+    found = suppression.search(session, prefix, reason, after or None, limit)
     return SuppressionList(
         items=[SuppressionOut.of(r) for r in found.rows], next_after=found.next_after, limit=limit
     )
