@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from newsletter.errors import InvalidInput
+
 _WS = re.compile(r"\s+")
 # C0/C1 controls (CR, LF, NUL, ...) never belong in a title, a name or a header.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -63,3 +65,13 @@ def first_unsafe_char(value: str) -> str | None:
 
 def has_line_break(value: str) -> bool:
     return "\r" in value or "\n" in value
+
+
+def searchable(value: str, what: str) -> str:
+    """`value` as a search term or cursor, or InvalidInput if it holds a character no
+    address or name holds (a NUL, a control character): refused here, in words,
+    before PostgreSQL refuses it with an error."""
+    bad = first_unsafe_char(value)
+    if bad:
+        raise InvalidInput(f"the {what} holds {bad}, which no address or name holds")
+    return value

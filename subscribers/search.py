@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from newsletter.db import prefix_range
 from newsletter.errors import InvalidInput
 from newsletter.models import Cadence, Tag
-from newsletter.text import first_unsafe_char, one_line
+from newsletter.text import one_line, searchable
 from subscribers import suppression
 from subscribers.cadence import parse_cadence
 from subscribers.models import Subscriber, SubscriberStatus, SuppressionReason, subscriber_tags
@@ -79,17 +79,8 @@ def parse_cadence_filter(raw: str | None) -> Cadence | None:
     return parse_cadence(one_line(raw, 40))
 
 
-def _searchable(value: str, what: str) -> str:
-    """A search term or cursor no address or name could hold (a NUL, a control
-    character) is refused here, before PostgreSQL refuses it with an error."""
-    bad = first_unsafe_char(value)
-    if bad:
-        raise InvalidInput(f"the {what} holds {bad}, which no address or name holds")
-    return value
-
-
 def _query_text(q: str | None) -> str:
-    return _searchable((q or "").strip().lower()[:MAX_QUERY_CHARS], "search")
+    return searchable((q or "").strip().lower()[:MAX_QUERY_CHARS], "search")
 
 
 def _follows(tag_id: int | ColumnElement[int]) -> ColumnElement[bool]:
@@ -198,7 +189,7 @@ def search_subscribers(
         # from its follows, a popular one by walking the list) and never reuses a
         # plan made for another tag.
         clauses.append(_follows(bindparam("tag_id", tag_id, literal_execute=True)))
-    cursor = _searchable(after[:MAX_QUERY_CHARS], "page cursor") if after else None
+    cursor = searchable(after[:MAX_QUERY_CHARS], "page cursor") if after else None
     text = _query_text(q)
     query = select(Subscriber)
     if text:

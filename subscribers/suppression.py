@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.db import prefix_range
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.text import one_line
+from newsletter.text import one_line, searchable
 from subscribers.models import Suppression, SuppressionEvent, SuppressionReason
 
 log = logging.getLogger(__name__)
@@ -155,13 +155,13 @@ def search(
     """Suppressed addresses starting with `prefix`, with `reason`, by address, after
     the address `after`."""
     query = select(Suppression).order_by(Suppression.email).limit(limit + 1)
-    text = prefix.strip().lower()[:MAX_QUERY_CHARS]
+    text = searchable(prefix.strip().lower()[:MAX_QUERY_CHARS], "search")
     if text:
         query = query.where(prefix_range(Suppression.email, text))
     if reason is not None:
         query = query.where(Suppression.reason == reason)
     if after:
-        query = query.where(Suppression.email > after[:MAX_QUERY_CHARS])
+        query = query.where(Suppression.email > searchable(after[:MAX_QUERY_CHARS], "page cursor"))
     found: Sequence[Suppression] = session.scalars(query).all()
     shown = list(found[:limit])
     return SuppressionPage(shown, shown[-1].email if len(found) > limit and shown else None)

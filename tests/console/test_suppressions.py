@@ -93,6 +93,11 @@ def test_prefix_search_and_reason_filter_keep_across_pages() -> None:
     assert find("q=an&reason=hard_bounce") == ["ana@example.org"]
     assert find("reason=complaint") == ["bob@example.org"]
     assert find("q=nobody") == []
+    # A NUL (which PostgreSQL refuses outright) is a clear 400, never a 500.
+    for query in ("q=ann%00", "after=ann%00@example.org"):
+        refused = c.get(f"/admin/suppressions?{query}")
+        assert refused.status_code == 400, query
+        assert "no address or name holds" in refused.text
     html = c.get("/admin/suppressions?q=ann&reason=manual").text
     link = next_link(html)
     assert link is not None and "q=ann" in link and "reason=manual" in link
