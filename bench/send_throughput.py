@@ -45,8 +45,9 @@ def main() -> None:
 
     from sqlalchemy import insert
 
-    from newsletter import db, planning, sending
+    from newsletter import db
     from newsletter.db import session_scope
+    from newsletter.delivery import planning, sending
     from newsletter.models import Tag
     from newsletter.posts import PostInput, add_post
     from subscribers.models import Subscriber, subscriber_tags

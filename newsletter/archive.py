@@ -21,10 +21,10 @@ from sqlalchemy import ColumnElement, Integer, case, cast, exists, func, select,
 from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
+from newsletter.delivery.compose import tag_list
+from newsletter.delivery.personalise import fill
 from newsletter.errors import NotFound
 from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest, Post, Tag, post_tags
-from newsletter.personalize import fill
-from newsletter.sending import tag_list
 from newsletter.text import one_line
 
 # Where a web copy's preferences and unsubscribe links lead (newsletter/web/archive.py).

@@ -18,9 +18,9 @@ from sqlalchemy import select
 
 from newsletter import db
 from newsletter.config import get_settings
+from newsletter.delivery.pipeline import run_due
 from newsletter.models import Delivery, DeliveryStatus, Post
 from newsletter.outbox import OutboxHandler, OutboxServer
-from newsletter.pipeline import run_due
 from newsletter.posts import PostInput, add_post
 from newsletter.tags import get_or_create_tags, parse_tag_names
 from subscribers.models import Subscriber

@@ -205,15 +205,22 @@ class Delivery(Base):
 
     digest: Mapped[Digest] = relationship()
     subscriber: Mapped[Subscriber | None] = relationship()
-    posts: Mapped[list[DeliveryPost]] = relationship(back_populates="delivery", lazy="selectin")
 
     @property
     def post_ids(self) -> list[int]:
-        return sorted(p.post_id for p in self.posts)
+        """The posts this reader was promised: their digest's, whatever `delivery_posts`
+        still holds (ledger compaction removes its older rows)."""
+        return sorted(self.digest.post_ids)
 
 
 class DeliveryPost(Base):
-    """A post promised to a subscriber: the primary key makes "never twice" a database fact."""
+    """A post promised to a subscriber: the primary key makes "never twice" a database fact.
+
+    A short-lived guard: once a post is settled for the reader (received at or before
+    their `settled_through`), planning never looks at it again and
+    `newsletter.delivery.ledger.compact` deletes the row. What a reader got, and
+    when, is read from their deliveries and each digest's post ids.
+    """
 
     __tablename__ = "delivery_posts"
 
@@ -223,11 +230,10 @@ class DeliveryPost(Base):
     post_id: Mapped[int] = mapped_column(
         ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True, index=True
     )
-    delivery_id: Mapped[int] = mapped_column(
-        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
-    )
-
-    delivery: Mapped[Delivery] = relationship(back_populates="posts")
+    # The delivery that made the promise, for reading only: no foreign key and no index,
+    # whose upkeep cost more than the rest of the row (nothing deletes deliveries, and a
+    # guard row outliving one still means "promised").
+    delivery_id: Mapped[int] = mapped_column(Integer)
 
 
 __all__ = [

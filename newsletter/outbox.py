@@ -34,10 +34,23 @@ class Received:
 class OutboxHandler:
     """Keeps every message in memory and, given a folder, on disk."""
 
+    pipelining = True
+
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory
         self.messages: list[Received] = []
         self._lock = threading.Lock()
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """Offer PIPELINING, as Postfix and every large relay do (aiosmtpd reads
+        pipelined commands line by line but does not say so); `pipelining = False`
+        gives a server without it."""
+        session.host_name = hostname
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         received = Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content)

@@ -15,13 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
+from newsletter.delivery.compose import digest_headers, message_for, personal_values
+from newsletter.delivery.mime import OutgoingMessage, new_message_id
+from newsletter.delivery.personalise import fill
+from newsletter.delivery.planning import pending_posts
+from newsletter.delivery.rendering import render_digest
 from newsletter.errors import InvalidInput
-from newsletter.mail import OutgoingMessage, new_message_id
 from newsletter.models import Cadence, Delivery, Digest, Post, Tag, post_tags
-from newsletter.personalize import fill
-from newsletter.planning import pending_posts
-from newsletter.rendering import render_digest
-from newsletter.sending import digest_headers, message_for, personal_values
 from newsletter.tags import existing_tags, parse_tag_names
 from newsletter.text import one_line
 from subscribers.cadence import parse_cadence

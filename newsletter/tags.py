@@ -244,7 +244,7 @@ def merge_tags(session: Session, source: Tag, target: Tag) -> MergeReport:
     """Move every post and follower of `source` to `target` and delete `source`, in the
     caller's transaction. A reader following both keeps the earlier of their two
     follow dates: each follower keeps the date they started following, which decides
-    the posts they are due (`newsletter.planning.pending_posts`)."""
+    the posts they are due (`newsletter.delivery.planning.pending_posts`)."""
     if source.id == target.id:
         raise InvalidInput("a tag cannot be merged into itself")
     # On PostgreSQL, a rename or merge of the same tags at the same moment waits here.

@@ -9,7 +9,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from newsletter.personalize import defuse
+from newsletter.delivery.personalise import defuse
 from newsletter.text import clean_text
 
 

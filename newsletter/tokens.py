@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 from typing import Any, Literal
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -13,18 +14,24 @@ from newsletter.errors import InvalidInput
 Purpose = Literal["unsubscribe", "preferences", "confirm"]
 
 
-def _serializer(purpose: Purpose) -> URLSafeTimedSerializer:
+def serializer(purpose: Purpose) -> URLSafeTimedSerializer:
+    """The signer for one purpose, built once per key (every copy signs two links)."""
+    return _serializer_for(get_settings().secret_key, purpose)
+
+
+@lru_cache(maxsize=16)
+def _serializer_for(secret: str, purpose: Purpose) -> URLSafeTimedSerializer:
     # The purpose is the salt: a preferences token cannot be replayed as a confirmation.
-    return URLSafeTimedSerializer(get_settings().secret_key, salt=f"newsletter.{purpose}")
+    return URLSafeTimedSerializer(secret, salt=f"newsletter.{purpose}")
 
 
 def make_token(purpose: Purpose, payload: str | dict[str, Any]) -> str:
-    return _serializer(purpose).dumps(payload)
+    return serializer(purpose).dumps(payload)
 
 
 def _load(purpose: Purpose, token: str, max_age: int | None) -> Any:
     try:
-        return _serializer(purpose).loads(token, max_age=max_age)
+        return serializer(purpose).loads(token, max_age=max_age)
     except SignatureExpired:
         raise InvalidInput("this link has expired") from None
     except BadSignature:
@@ -54,7 +61,7 @@ def signed_at(purpose: Purpose, token: str) -> dt.datetime:
     own timestamp says which came first, and it cannot be forged.
     """
     try:
-        _, issued = _serializer(purpose).loads(token, return_timestamp=True)
+        _, issued = serializer(purpose).loads(token, return_timestamp=True)
     except BadSignature:
         raise InvalidInput("this link is not valid") from None
     if not isinstance(issued, dt.datetime):

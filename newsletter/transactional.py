@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 from newsletter import tokens
 from newsletter.config import get_settings
 from newsletter.db import session_scope
-from newsletter.mail import build_message, new_message_id
+from newsletter.delivery.mime import build_message, new_message_id
+from newsletter.delivery.rendering import render_email
+from newsletter.delivery.sending import TransportFactory, smtp_transport_factory
 from newsletter.models import Tag
-from newsletter.rendering import render_email
-from newsletter.sending import TransportFactory, smtp_transport_factory
 from subscribers import suppression
 from subscribers.cadence import WEEKDAYS
 from subscribers.models import Subscriber

@@ -56,8 +56,8 @@ from sqlalchemy import (
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
+from newsletter.delivery.planning import eligible_posts
 from newsletter.models import Cadence, Post, post_tags
-from newsletter.planning import eligible_posts
 from subscribers.models import Subscriber, SubscriberStatus, subscriber_tags
 
 PERIODS = {Cadence.DAILY: dt.timedelta(days=1), Cadence.WEEKLY: dt.timedelta(days=7)}

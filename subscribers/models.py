@@ -58,6 +58,12 @@ class Subscriber(Base):
     subscribed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Next daily/weekly slot in UTC; the planner picks rows whose slot has come.
     next_digest_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # When planning last looked at every post for this reader (and promised what was
+    # theirs): what ledger compaction may settle up to, less a safety lag.
+    planned_through: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Every post received at or before this is settled for the reader: promised (its
+    # delivery_posts row may be gone) or never to be. NULL: no bound yet.
+    settled_through: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     unsubscribed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[created_ts]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter.db import prefix_range
+from newsletter.db import among, prefix_range
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.text import one_line, searchable
 from subscribers.models import Suppression, SuppressionEvent, SuppressionReason
@@ -46,7 +46,7 @@ def suppressed_among(session: Session, emails: Iterable[str]) -> dict[str, Suppr
     for start in range(0, len(wanted), 1000):
         rows = session.execute(
             select(Suppression.email, Suppression.reason).where(
-                Suppression.email.in_(wanted[start : start + 1000])
+                among(Suppression.email, wanted[start : start + 1000])
             )
         )
         found.update({email: reason for email, reason in rows})

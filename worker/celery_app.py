@@ -49,6 +49,11 @@ def configure(app: Celery, settings: Settings | None = None) -> Celery:
                 "task": "worker.tasks.poll_due_feeds",
                 "schedule": float(settings.feed_check_interval),
             },
+            # The ledger's guard rows for settled posts go (docs/storage.md).
+            "compact-ledger": {
+                "task": "worker.tasks.compact_ledger",
+                "schedule": 3600.0,
+            },
             # Console jobs (bulk actions, imports) whose task was lost are queued again.
             "resume-console-jobs": {
                 "task": "worker.tasks.resume_console_jobs",

@@ -6,12 +6,13 @@ import datetime as dt
 import logging
 from typing import Any
 
-from newsletter import pipeline, planning, sending, transactional
+from newsletter import transactional
 from newsletter.db import database_unavailable, session_scope, utcnow
+from newsletter.delivery import ledger, pipeline, planning, sending
+from newsletter.delivery.smtp import ConnectionLost, TemporaryFailure
 from newsletter.dispatch import send_task
 from newsletter.errors import NotFound
 from newsletter.feeds import services as feeds
-from newsletter.transport import ConnectionLost, TemporaryFailure
 from subscribers import bulk
 from worker.celery_app import app
 
@@ -163,3 +164,11 @@ def resume_console_jobs() -> dict[str, Any]:
     for job_id in stale:
         send_task("run_console_job", job_id)
     return {"jobs": len(stale)}
+
+
+@app.task(name="worker.tasks.compact_ledger", acks_late=True)
+def compact_ledger() -> dict[str, Any]:
+    """Beat's hourly job: settle what readers can no longer be promised again, and
+    drop the guard rows it covers, so the ledger grows with deliveries, not posts."""
+    report = ledger.compact()
+    return {"readers": report.readers, "advanced": report.advanced, "deleted": report.deleted}

@@ -26,13 +26,18 @@ from newsletter.console.models import StaffUser
 from newsletter.console.security import ConsoleRoute, CsrfDep, EditorDep, Staff, request_ip
 from newsletter.console.views import page
 from newsletter.db import session_scope, utcnow
+from newsletter.delivery.mime import OutgoingMessage, Unsendable, build_message, new_message_id
+from newsletter.delivery.sending import smtp_transport_factory
+from newsletter.delivery.smtp import (
+    ConnectionLost,
+    OutcomeUnknown,
+    PermanentFailure,
+    TemporaryFailure,
+)
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.mail import OutgoingMessage, Unsendable, build_message, new_message_id
 from newsletter.models import Cadence
 from newsletter.preview import Preview, build_preview
-from newsletter.sending import smtp_transport_factory
 from newsletter.text import one_line
-from newsletter.transport import ConnectionLost, OutcomeUnknown, PermanentFailure, TemporaryFailure
 from newsletter.web.rendering import framed, render_page
 from subscribers.services import normalize_email
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, select
 
-from newsletter import archive, planning, sending, tokens
+from newsletter import archive, tokens
 from newsletter.console import archive as console_archive
 from newsletter.db import session_scope
+from newsletter.delivery import planning, sending
 from newsletter.models import Cadence, Delivery, Digest, Post, Tag
 from newsletter.web.rendering import FRAME_CSP
 from subscribers.models import Subscriber

@@ -15,8 +15,8 @@ from sqlalchemy import func, select, update
 from newsletter import dispatch
 from newsletter.console.models import AuditEntry
 from newsletter.db import session_scope, utcnow
+from newsletter.delivery.pipeline import run_due
 from newsletter.models import Cadence, Digest, Post, Tag
-from newsletter.pipeline import run_due
 from newsletter.posts import PostInput, add_post, hold_post
 from newsletter.upcoming import upcoming_sends
 from subscribers.models import Subscriber, SubscriberStatus

@@ -16,9 +16,21 @@ from tests.faults.conftest import READERS, REPO_ROOT, Rig
 pytestmark = pytest.mark.faults
 
 
-def test_worker_killed_mid_batch_then_a_new_one(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    ("connections", "unrecorded"),
+    [(1, 1), (4, 8)],
+    ids=["one-connection-each-outcome-committed", "four-connections-grouped-outcomes"],
+)
+def test_worker_killed_mid_batch_then_a_new_one(
+    rig: Rig, connections: int, unrecorded: int
+) -> None:
     """SIGKILL while a batch is half sent: a new worker takes the batch over once the
-    lease lapses; at most the one message in flight on the open connection twice."""
+    lease lapses. At most NEWSLETTER_UNRECORDED_LIMIT messages go twice (sent, their
+    outcome not yet committed): with a limit of 1, only the message in flight."""
+    rig.setenv(
+        NEWSLETTER_SMTP_CONNECTIONS=str(connections),
+        NEWSLETTER_UNRECORDED_LIMIT=str(unrecorded),
+    )
     rig.add_readers()
     rig.smtp.script.pace = 0.01
     with rig.ticker():
@@ -34,7 +46,11 @@ def test_worker_killed_mid_batch_then_a_new_one(rig: Rig) -> None:
             rig.quiesce()
     assert killed_at < READERS, "the kill came after the send had finished"
     rig.verdict(
-        recovery, faults=1, extra_allowed=1, note=f"killed after {killed_at} messages accepted"
+        recovery,
+        faults=1,
+        extra_allowed=unrecorded,
+        note=f"killed after {killed_at} messages accepted, {connections} connection(s), "
+        f"unrecorded limit {unrecorded}",
     )
 
 

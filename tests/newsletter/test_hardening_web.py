@@ -29,11 +29,11 @@ from sqlalchemy import func, select
 from newsletter.apitokens import create_token
 from newsletter.config import ProxyTrust, Settings, parse_trusted_proxies
 from newsletter.db import session_scope
+from newsletter.delivery.smtp import SmtpConfig
 from newsletter.errors import InvalidInput
 from newsletter.models import Post
 from newsletter.outbox import free_port
 from newsletter.tags import get_or_create_tags, parse_tag_names
-from newsletter.transport import SmtpConfig
 from newsletter.web.app import create_app
 from newsletter.web.deps import resolve_client
 from newsletter.webhooks import SIGNATURE_HEADER, sign

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from newsletter import dispatch, planning
+from newsletter import dispatch
 from newsletter.db import session_scope
+from newsletter.delivery import planning
+from newsletter.delivery.pipeline import run_due
 from newsletter.models import DeliveryPost, Post
-from newsletter.pipeline import run_due
 from newsletter.posts import PostInput, add_post, hold_post, release_post
 from newsletter.preview import build_preview
 from tests.conftest import ScriptedHandler

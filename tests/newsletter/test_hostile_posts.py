@@ -22,14 +22,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from newsletter import planning
 from newsletter.apitokens import create_token
 from newsletter.db import session_scope
+from newsletter.delivery import planning
+from newsletter.delivery.pipeline import run_due
+from newsletter.delivery.rendering import render_digest
 from newsletter.feeds import services as feeds
 from newsletter.models import Cadence, Delivery, DeliveryPost, DeliveryStatus, Post
-from newsletter.pipeline import run_due
 from newsletter.posts import PostInput, update_post
-from newsletter.rendering import render_digest
 from newsletter.sanitize import clean_html, html_to_text
 from newsletter.tags import get_or_create_tags, parse_tag_names
 from newsletter.text import clean_text
@@ -419,7 +419,7 @@ def test_digest_that_fails_only_as_a_whole_is_recorded_failed_for_its_readers(
             raise ValueError("unable to parse next template in root template")
         return render_digest(posts, cadence)
 
-    monkeypatch.setattr("newsletter.planning.render_digest", fails_together)
+    monkeypatch.setattr("newsletter.delivery.planning.render_digest", fails_together)
     both = make_subscriber("both@example.org", "politics, climate", "daily", t0)
     make_subscriber("pol@example.org", "politics", "daily", t0)
     posts = [
@@ -459,14 +459,14 @@ def test_one_failing_chunk_does_not_stop_the_others(
             raise RuntimeError("suppression lookup exploded")
         return suppressed_among(session, emails)
 
-    monkeypatch.setattr("newsletter.planning.suppressed_among", broken)
+    monkeypatch.setattr("newsletter.delivery.planning.suppressed_among", broken)
     summary = run_due(t0 + 24 * HOUR)
     assert summary.plan.planning_errors == 1
     assert "suppression lookup exploded" in summary.plan.failures[0]
     assert sorted(titles_by_recipient(smtp)) == ["a@example.org", "c@example.org"]
 
     # The failed chunk was rolled back: nothing was lost, the next run plans it.
-    monkeypatch.setattr("newsletter.planning.suppressed_among", suppressed_among)
+    monkeypatch.setattr("newsletter.delivery.planning.suppressed_among", suppressed_among)
     assert run_due(t0 + 25 * HOUR).plan.failures == []
     assert sorted(titles_by_recipient(smtp)) == ["a@example.org", "b@example.org", "c@example.org"]
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from newsletter.config import get_settings
+from newsletter.delivery.compose import personal_values
+from newsletter.delivery.personalise import fill
+from newsletter.delivery.rendering import render_digest
 from newsletter.models import Cadence, Post, Tag
-from newsletter.personalize import fill
-from newsletter.rendering import render_digest
-from newsletter.sending import personal_values
 from subscribers.models import Subscriber
 from tests.browser import ARTIFACTS, OUTSIDE_VIEWPORT_JS, launch_chromium
 

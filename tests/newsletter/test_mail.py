@@ -1,6 +1,6 @@
 """A reader's message, from a really rendered digest, held to the email package's parser.
 
-`newsletter.mail` writes MIME by hand for speed; these tests parse its bytes with
+`newsletter.delivery.mime` writes MIME by hand for speed; these tests parse its bytes with
 `email.policy.default` and check what a mail client would see.
 """
 
@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from newsletter.config import get_settings
+from newsletter.delivery.compose import message_for
+from newsletter.delivery.mime import HeaderInjection, OutgoingMessage, new_message_id
+from newsletter.delivery.rendering import content_key, render_digest
+from newsletter.delivery.smtp import SmtpConfig
 from newsletter.errors import InvalidInput
-from newsletter.mail import HeaderInjection, OutgoingMessage, new_message_id
 from newsletter.models import Cadence, Delivery, Digest, Post, Tag
-from newsletter.rendering import content_key, render_digest
-from newsletter.sending import message_for
-from newsletter.transport import SmtpConfig
 from subscribers.models import Subscriber
 
 BASE_URL = "https://news.example.org"
@@ -401,3 +401,27 @@ def test_a_title_cannot_pull_in_the_readers_personal_values(
     assert visible(message["Subject"]) == "Spoof @@NL_REASON@@"
     plain, _ = parts(message)
     assert "Spoof @@NL_REASON@@" in visible(plain.get_content())
+
+
+def test_a_bare_cr_in_a_post_never_reaches_the_wire(settings_env: dict[str, str]) -> None:
+    # Old Mac line ends from a feed: SMTP allows CR only before LF.
+    posts = sample_posts()
+    posts[0].summary = "First line\rsecond line"
+    data = build(posts, make_subscriber())
+    assert b"\r" not in data.replace(b"\r\n", b"")
+    plain, _ = parts(parse(data))
+    assert "First line\r\nsecond line" in plain.get_content()
+
+
+@pytest.mark.parametrize(
+    "name", ["Zoë Ångström", "مريم العربية", "שלום עליכם", "Emoji 😀🎉 Fan", 'Zoë "Zed", Jr.']
+)
+def test_a_non_ascii_display_name_reads_back_as_written(
+    settings_env: dict[str, str], name: str
+) -> None:
+    message = parse(build(sample_posts(), make_subscriber(name=name)))
+    [to] = message["To"].addresses
+    assert (to.display_name, to.addr_spec) == (name, "zoe@example.com")
+    assert message["To"].defects == ()
+    plain, _ = parts(message)
+    assert f"Hi {name}," in plain.get_content()

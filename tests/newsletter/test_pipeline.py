@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select, update
 
-from newsletter import planning, sending, tokens
+from newsletter import tokens
 from newsletter.db import session_scope
+from newsletter.delivery import planning, sending
+from newsletter.delivery.pipeline import run_due
 from newsletter.models import Delivery, DeliveryPost, DeliveryStatus, Digest, Post
-from newsletter.pipeline import run_due
 from subscribers.models import Subscriber
 from subscribers.services import by_uid, unsubscribe
 from tests.conftest import ScriptedHandler
@@ -261,7 +262,7 @@ def test_sending_cost_is_substitution_not_rendering(
     smtp: ScriptedHandler, t0: dt.datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Forty readers in two distinct digests: MJML and premailer run twice, not forty times."""
-    import newsletter.rendering as rendering
+    import newsletter.delivery.rendering as rendering
 
     calls = Counter[str]()
     real_mjml, real_inline = rendering.mjml2html, rendering.inline_css

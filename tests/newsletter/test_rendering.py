@@ -22,9 +22,9 @@ from mjml import mjml2html
 from premailer import Premailer
 
 import subscribers.models  # noqa: F401  (maps Subscriber, which Delivery refers to)
+from newsletter.delivery.personalise import FIELDS, placeholder
+from newsletter.delivery.rendering import RenderedDigest, content_key, inline_css, render_digest
 from newsletter.models import Cadence, Post, Tag
-from newsletter.personalize import FIELDS, placeholder
-from newsletter.rendering import RenderedDigest, content_key, inline_css, render_digest
 
 PYTHON = Tag(id=1, slug="python", name="Python")
 CSS = Tag(id=2, slug="css", name="CSS & Design")

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import select, update
 
 from newsletter.db import session_scope
+from newsletter.delivery.planning import pending_posts
 from newsletter.errors import InvalidInput
 from newsletter.feeds import services as feeds
 from newsletter.models import Feed, Tag, post_tags
-from newsletter.planning import pending_posts
 from newsletter.tags import find_tag, merge_tags, offered_tags, rename_tag, tag_summaries
 from subscribers.models import subscriber_tags
 from tests.factories import make_post, make_subscriber, make_tags

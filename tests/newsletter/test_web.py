@@ -8,8 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from newsletter import planning, sending, tokens
+from newsletter import tokens
 from newsletter.db import session_scope
+from newsletter.delivery import planning, sending
 from newsletter.models import DeliveryStatus
 from newsletter.web.app import create_app
 from subscribers.models import Subscriber, SubscriberStatus

@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 from sqlalchemy import delete, select, update
 
-from newsletter import planning, sending
 from newsletter.db import Base, session_scope
+from newsletter.delivery import planning, sending
 from newsletter.models import Delivery, DeliveryPost, DeliveryStatus
 from subscribers import suppression
 from subscribers.models import (

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from newsletter import tokens
 from newsletter.db import session_scope
-from newsletter.pipeline import run_due
+from newsletter.delivery.pipeline import run_due
 from newsletter.tags import get_or_create_tags, parse_tag_names
 from newsletter.transactional import send_transactional
 from newsletter.web.app import create_app

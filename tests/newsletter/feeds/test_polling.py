@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import func, select
 
 from newsletter.db import session_scope
+from newsletter.delivery.pipeline import run_due
 from newsletter.feeds import services as feeds
 from newsletter.models import Feed, Post, Tag
-from newsletter.pipeline import run_due
 from tests.conftest import ScriptedHandler
 from tests.factories import make_subscriber
 from tests.newsletter.feeds.conftest import FeedServer, fixture

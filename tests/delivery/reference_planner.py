@@ -1,14 +1,6 @@
-"""Who is due, which posts each of them gets, and one rendering per distinct digest.
-
-Planning writes the ledger (a Delivery per reader and digest, a DeliveryPost per
-post promised) in bounded chunks, one transaction each. The primary key of
-DeliveryPost (subscriber, post) makes a second promise of the same post impossible,
-so a re-run, a retried task or two planners racing can only ever add nothing.
-
-One bad item never stops the rest: a post that cannot be rendered is recorded as
-failed and left out (its digest goes without it), a digest that cannot be rendered
-at all is recorded as failed for its readers, and any other error in one chunk is
-logged and counted while planning goes on with the next.
+"""The planner as it was before planning became set-based: object by object, a
+reader at a time. Kept as the reference the bulk planner is compared with
+(tests/delivery/test_bulk_planning.py); only its imports changed.
 """
 
 from __future__ import annotations
@@ -16,18 +8,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from secrets import token_hex
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, and_, exists, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
-from newsletter.mail import new_message_id
+from newsletter.delivery.mime import new_message_id
+from newsletter.delivery.planning import unplanned_grace
+from newsletter.delivery.rendering import content_key, render_digest
 from newsletter.models import (
     Cadence,
     Delivery,
@@ -38,31 +32,12 @@ from newsletter.models import (
     post_tags,
 )
 from newsletter.posts import SOURCE_BACKLOG
-from newsletter.rendering import content_key, render_digest
 from newsletter.text import one_line
 from subscribers.cadence import next_slot
 from subscribers.models import Subscriber, SubscriberStatus, subscriber_tags
 from subscribers.suppression import suppressed_among
 
 log = logging.getLogger(__name__)
-
-
-def unplanned_grace() -> dt.timedelta:
-    """A post not planned this long after it arrived is taken to have lost its task
-    (broker down at commit, worker killed) and is planned by the sweeper."""
-    return dt.timedelta(seconds=get_settings().unplanned_grace)
-
-
-def stale_queued() -> dt.timedelta:
-    """A queued delivery untouched this long has lost its send task; re-enqueue it (a
-    second task for a row whose first one is only late finds nothing to claim)."""
-    return dt.timedelta(seconds=get_settings().stale_queued)
-
-
-def sending_lease() -> dt.timedelta:
-    """A claim older than this belongs to a worker that died mid-batch: a live sender
-    renews its claim every third of it (NEWSLETTER_SENDING_LEASE)."""
-    return dt.timedelta(seconds=get_settings().sending_lease)
 
 
 T = TypeVar("T")
@@ -500,38 +475,3 @@ def plan_due(now: dt.datetime | None = None) -> PlanReport:
         report.posts_swept += 1
     report.merge(plan_subscribers(due_subscribers(now), now))
     return report
-
-
-def stranded_deliveries(now: dt.datetime | None = None) -> list[int]:
-    """Deliveries whose send task was lost, whose retry is due, or whose worker died."""
-    now = now or utcnow()
-    with session_scope() as session:
-        return list(
-            session.scalars(
-                select(Delivery.id)
-                .where(
-                    or_(
-                        and_(
-                            Delivery.status == DeliveryStatus.QUEUED,
-                            or_(
-                                Delivery.next_attempt_at <= now,
-                                and_(
-                                    Delivery.next_attempt_at.is_(None),
-                                    Delivery.created_at <= now - stale_queued(),
-                                ),
-                            ),
-                        ),
-                        and_(
-                            Delivery.status == DeliveryStatus.SENDING,
-                            Delivery.claimed_at <= now - sending_lease(),
-                        ),
-                    )
-                )
-                .order_by(Delivery.id)
-            )
-        )
-
-
-def batches(delivery_ids: Iterable[int]) -> list[list[int]]:
-    """Delivery ids cut into send batches (one task and one SMTP connection each)."""
-    return list(chunked(list(delivery_ids), get_settings().send_batch_size))

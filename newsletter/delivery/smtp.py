@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -10,8 +9,8 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import parse_qs, unquote
 
+from newsletter.delivery.mime import OutgoingMessage, Unsendable
 from newsletter.errors import InvalidInput
-from newsletter.mail import OutgoingMessage, Unsendable
 from newsletter.redaction import redact_url
 from newsletter.urls import split_url
 
@@ -84,17 +83,19 @@ class OutcomeUnknown(Exception):
     delivered, so it must not be sent again blindly. The connection is gone."""
 
 
-def _end_of_data(smtp: smtplib.SMTP, msg: bytes | str, wait: float) -> tuple[int, bytes]:
-    """smtplib's `data()`, waiting `wait` seconds (not the command timeout) for the last reply."""
-    smtp.putcmd("data")
-    code, reply = smtp.getreply()
-    if code != 354:
-        raise smtplib.SMTPDataError(code, reply)
-    payload = msg.encode("ascii") if isinstance(msg, str) else bytes(msg)
-    payload = re.sub(rb"(?m)^\.", b"..", payload)
+def dot_stuffed(payload: bytes) -> bytes:
+    """The message as DATA carries it: a leading dot doubled on every line (RFC 5321
+    section 4.5.2), ending in CRLF, then the lone dot that ends it."""
+    if payload.startswith(b"."):
+        payload = b"." + payload
+    payload = payload.replace(b"\n.", b"\n..")
     if not payload.endswith(b"\r\n"):
         payload += b"\r\n"
-    smtp.send(payload + b".\r\n")
+    return payload + b".\r\n"
+
+
+def _await_end_of_data(smtp: smtplib.SMTP, wait: float) -> tuple[int, bytes]:
+    """The reply to the end of DATA, waiting `wait` seconds (not the command timeout)."""
     if smtp.sock is not None:
         smtp.sock.settimeout(wait)
     try:
@@ -110,6 +111,17 @@ def _end_of_data(smtp: smtplib.SMTP, msg: bytes | str, wait: float) -> tuple[int
     finally:
         if smtp.sock is not None:
             smtp.sock.settimeout(smtp.timeout)
+
+
+def _end_of_data(smtp: smtplib.SMTP, msg: bytes | str, wait: float) -> tuple[int, bytes]:
+    """smtplib's `data()`, waiting `wait` seconds (not the command timeout) for the last reply."""
+    smtp.putcmd("data")
+    code, reply = smtp.getreply()
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    payload = msg.encode("ascii") if isinstance(msg, str) else bytes(msg)
+    smtp.send(dot_stuffed(payload))
+    return _await_end_of_data(smtp, wait)
 
 
 class _SMTP(smtplib.SMTP):
@@ -200,6 +212,9 @@ class SmtpTransport:
                     "does not offer SMTPUTF8"
                 )
             options.append("SMTPUTF8")
+        if self._smtp.has_extn("pipelining"):
+            self._send_pipelined(message, options)
+            return
         try:
             refused = self._smtp.sendmail(
                 message.sender, [message.recipient], message.data, mail_options=options
@@ -222,6 +237,46 @@ class SmtpTransport:
         if refused:
             code, reply = next(iter(refused.values()))
             raise _classify(code, _reply(reply))
+
+    def _send_pipelined(self, message: OutgoingMessage, options: list[str]) -> None:
+        """MAIL, RCPT and DATA in one write, then the message: two round trips, not four
+        (RFC 2920). Replies are sorted into the same outcomes as the plain path."""
+        smtp = self._smtp
+        assert smtp is not None
+        extra = "".join(f" {option}" for option in options)
+        envelope = (
+            f"MAIL FROM:<{message.sender}>{extra}\r\nRCPT TO:<{message.recipient}>\r\nDATA\r\n"
+        ).encode("utf-8" if message.smtputf8 else "ascii")
+        try:
+            smtp.send(envelope)
+            mail, rcpt, data = (smtp.getreply() for _ in range(3))
+            refusal = next((r for r in (mail, rcpt) if r[0] not in (250, 251)), None)
+            if data[0] == 354 and refusal is not None:
+                # DATA accepted with nobody to deliver to: end it empty (RFC 2920
+                # section 3.1) and report the refusal that came first.
+                smtp.send(b".\r\n")
+                smtp.getreply()
+            elif data[0] == 354:
+                smtp.send(dot_stuffed(message.data))
+                refusal = _await_end_of_data(smtp, smtp.data_timeout)
+                if refusal[0] == 250:
+                    return
+            else:
+                refusal = refusal or data
+        except OutcomeUnknown:
+            self._smtp = None
+            raise
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._smtp = None
+            raise ConnectionLost(str(exc) or type(exc).__name__) from None
+        code, text = refusal[0], _reply(refusal[1])
+        if code == 421 or code == -1:
+            smtp.close()
+            self._smtp = None
+            raise ConnectionLost(f"{code} {text}")
+        # A refused transaction leaves the session in an unknown state; reset it.
+        self._reset()
+        raise _classify(code, text)
 
     def _reset(self) -> None:
         assert self._smtp is not None

@@ -33,3 +33,18 @@ def fill(template: str, values: Mapping[str, str], *, escape: bool) -> str:
         values = {k: html.escape(v, quote=True) for k, v in values.items()}
     # An unknown name is left as it is: text from a feed must never break a send.
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def split(template: str) -> tuple[list[str], list[str]]:
+    """`template` cut at its placeholders: the literal texts around them and the field
+    names in order, so that `fill` equals the literals joined with each field's value
+    (or the placeholder itself, for a name without one) between them."""
+    literals: list[str] = []
+    fields: list[str] = []
+    start = 0
+    for match in _PLACEHOLDER.finditer(template):
+        literals.append(template[start : match.start()])
+        fields.append(match.group(1))
+        start = match.end()
+    literals.append(template[start:])
+    return literals, fields

@@ -6,8 +6,8 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from newsletter import planning, sending
 from newsletter.db import session_scope
+from newsletter.delivery import planning, sending
 from newsletter.dispatch import send_task, tasks_run_in_process
 from subscribers.signup import expire_pending
 
@@ -26,7 +26,7 @@ class RunSummary:
             ("posts swept up", self.plan.posts_swept),
             ("digests rendered", self.plan.digests_rendered),
             ("digests reused", self.plan.digests_reused),
-            ("deliveries planned", len(self.plan.deliveries)),
+            ("deliveries planned", self.plan.planned),
             ("posts that could not be rendered", len(self.plan.failed_posts)),
             ("readers whose digest could not be rendered", self.plan.failed_deliveries),
             ("planning errors", self.plan.planning_errors),
@@ -51,9 +51,15 @@ def run_due(
     on_total: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> RunSummary:
-    """Plan what is due at `now`, pick up lost work, and send it (or hand it to workers)."""
-    in_process = tasks_run_in_process()
-    transport_factory = sending.smtp_transport_factory() if in_process else None
+    """Plan what is due at `now`, pick up lost work, and send it (or hand it to workers).
+
+    With workers, each chunk's deliveries go to send tasks as soon as the chunk is
+    committed, so sending starts while planning goes on and no list of every delivery
+    is held; in process, planning ends before sending starts.
+    """
+    if not tasks_run_in_process():
+        return _hand_to_workers(now, on_total)
+    transport_factory = sending.smtp_transport_factory()
     summary = RunSummary(plan=planning.plan_due(now))
     with session_scope() as session:
         summary.expired_signups = expire_pending(session, now)
@@ -64,12 +70,31 @@ def run_due(
     if on_total:
         on_total(sum(len(b) for b in batches))
     for batch in batches:
-        if in_process:
-            summary.send.merge(
-                sending.send_batch(
-                    batch, now, transport_factory=transport_factory, on_progress=on_progress
-                )
+        summary.send.merge(
+            sending.send_batch(
+                batch, now, transport_factory=transport_factory, on_progress=on_progress
             )
-        else:
+        )
+    return summary
+
+
+def _hand_to_workers(now: dt.datetime | None, on_total: Callable[[int], None] | None) -> RunSummary:
+    """Plan, handing each committed chunk's deliveries to send tasks in batches."""
+    summary = RunSummary()
+
+    def hand_on(delivery_ids: list[int]) -> None:
+        for batch in planning.batches(delivery_ids):
             send_task("send_batch", batch)
+            summary.batches += 1
+
+    # Lost work is looked for before planning, so none of this run's own deliveries
+    # (already with a sender, perhaps) is taken for lost.
+    stranded = planning.stranded_deliveries(now)
+    summary.plan = planning.plan_due(now, on_chunk=hand_on)
+    with session_scope() as session:
+        summary.expired_signups = expire_pending(session, now)
+    summary.stranded = len(stranded)
+    hand_on(stranded)
+    if on_total:
+        on_total(summary.plan.planned + summary.stranded)
     return summary

@@ -20,8 +20,8 @@ from mjml import mjml2html
 from premailer import Premailer
 
 from newsletter.config import get_settings
+from newsletter.delivery.personalise import placeholder
 from newsletter.models import Cadence, Post
-from newsletter.personalize import placeholder
 from newsletter.templating import environment
 
 # Bump when a template change must not reuse digests rendered before it.

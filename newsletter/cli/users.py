@@ -5,43 +5,21 @@ The first admin can only be made here; after that admins can also use /admin/sta
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from newsletter import db
+from newsletter.cli.common import console, user_errors
 from newsletter.console import services
 from newsletter.errors import InvalidInput
 from subscribers.services import normalize_email
 
-users_app = typer.Typer(no_args_is_help=True, help="Staff accounts for the console at /admin/.")
+app = typer.Typer(no_args_is_help=True, help="Staff accounts for the console at /admin/.")
 
 CLI_ACTOR = "(command line)"
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(func: F) -> F:
-    """The main command's error handling, looked up when the command runs: `newsletter.cli`
-    imports this module to register it, so it cannot be imported from here at load time."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from newsletter.cli import user_errors as handled
-
-        return handled(func)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _print(message: str) -> None:
-    from newsletter.cli import console
-
-    console.print(message, highlight=False)
 
 
 def read_password(from_stdin: bool) -> str:
@@ -63,7 +41,7 @@ def read_password(from_stdin: bool) -> str:
     return str(first)
 
 
-@users_app.command("create")
+@app.command("create")
 @user_errors
 def users_create(
     email: Annotated[str, typer.Argument(help="The person's email address (their login).")],
@@ -85,10 +63,10 @@ def users_create(
             target=user.email,
             detail={"role": user.role.value},
         )
-    _print(f"created {staff_role.value} [bold]{address}[/]")
+    console.print(f"created {staff_role.value} [bold]{address}[/]", highlight=False)
 
 
-@users_app.command("list")
+@app.command("list")
 @user_errors
 def users_list() -> None:
     """Every staff account, by address."""
@@ -101,12 +79,10 @@ def users_list() -> None:
                 f"{user.created_at:%Y-%m-%d %H:%M}",
                 f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never",
             )
-    from newsletter.cli import console
-
     console.print(table)
 
 
-@users_app.command("remove")
+@app.command("remove")
 @user_errors
 def users_remove(email: Annotated[str, typer.Argument(help="The account's address.")]) -> None:
     """Delete a staff account and end its sessions; the audit log keeps its address."""
@@ -117,4 +93,4 @@ def users_remove(email: Annotated[str, typer.Argument(help="The account's addres
         services.audit(
             session, "staff_removed", actor_email=CLI_ACTOR, target=address, detail={"role": role}
         )
-    _print(f"removed [bold]{address}[/]")
+    console.print(f"removed [bold]{address}[/]", highlight=False)

@@ -1,0 +1,85 @@
+"""`newsletter tags ...`: the tags readers can follow."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from newsletter import db
+from newsletter.cli.common import console, user_errors
+from newsletter.errors import InvalidInput
+
+app = typer.Typer(no_args_is_help=True, help="Tags readers can follow.")
+
+
+@app.command("add")
+@user_errors
+def tags_add(
+    names: Annotated[str, typer.Argument(help='One or more, e.g. "Politics, Health".')],
+) -> None:
+    """Create tags so readers can follow them before any post carries them."""
+    from newsletter.tags import get_or_create_tags, parse_tag_names
+
+    parsed = parse_tag_names(names)
+    if not parsed:
+        raise InvalidInput("give at least one tag name")
+    with db.session_scope() as session:
+        tags = get_or_create_tags(session, parsed)
+        out = [f"{t.name} ({t.slug})" for t in tags]
+    console.print("tags: " + ", ".join(out), highlight=False)
+
+
+@app.command("list")
+@user_errors
+def tags_list() -> None:
+    """Every tag with its number of posts and followers."""
+    from newsletter.tags import tag_summaries
+
+    table = Table("slug", "name", "posts", "followers", "listed")
+    with db.session_scope() as session:
+        for row in tag_summaries(session):
+            table.add_row(
+                row.tag.slug,
+                row.tag.name,
+                str(row.posts),
+                str(row.followers),
+                "yes" if row.tag.listed else "no",
+            )
+    console.print(table)
+
+
+@app.command("rename")
+@user_errors
+def tags_rename(
+    tag: Annotated[str, typer.Argument(help="The tag's name or slug.")],
+    name: Annotated[str, typer.Argument(help="Its new name; the slug follows it.")],
+) -> None:
+    """Rename a tag; its posts, its followers and their dates stay with it."""
+    from newsletter.tags import find_tag, rename_tag
+
+    with db.session_scope() as session:
+        found = find_tag(session, tag)
+        old_slug = rename_tag(session, found, name)
+        line = f"renamed {old_slug} to {found.name} ({found.slug})"
+    console.print(line, highlight=False)
+
+
+@app.command("merge")
+@user_errors
+def tags_merge(
+    source: Annotated[str, typer.Argument(help="The tag merged away (it is deleted).")],
+    into: Annotated[str, typer.Argument(help="The tag that gets its posts and followers.")],
+) -> None:
+    """Move every post and follower of SOURCE to INTO, then delete SOURCE; a reader
+    following both keeps the earlier date they started following."""
+    from newsletter.tags import find_tag, merge_tags
+
+    with db.session_scope() as session:
+        report = merge_tags(session, find_tag(session, source), find_tag(session, into))
+    console.print(
+        f"merged {report.source} into {report.target}: {report.posts_moved} posts and "
+        f"{report.followers_moved} followers moved, {report.followers_both} followed both",
+        highlight=False,
+    )
