@@ -7,13 +7,14 @@ import datetime as dt
 from dataclasses import dataclass, field
 from secrets import token_hex
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.archive import _post_ids_of_digest
 from newsletter.db import utcnow
 from newsletter.dispatch import enqueue_after_commit
 from newsletter.errors import InvalidInput
-from newsletter.models import Delivery, DeliveryPost, DeliveryStatus, Digest, Post
+from newsletter.models import Delivery, DeliveryStatus, Digest, Post
 from newsletter.sanitize import clean_html, html_to_text
 from newsletter.tags import get_or_create_tags, parse_tag_names
 from newsletter.text import first_unsafe_char, one_line
@@ -230,16 +231,18 @@ def _apply_edit(
     return True
 
 
+def _digests_holding(session: Session, post_id: int) -> Select[int]:
+    """Ids of the digests whose posts include this one: read from each digest's post ids,
+    since ledger compaction deletes the older delivery_posts rows."""
+    rows, held = _post_ids_of_digest(session)
+    return select(Digest.id).where(exists(select(1).select_from(rows).where(held == post_id)))
+
+
 def _retire_renderings(session: Session, post_id: int) -> None:
     """Digests already rendered with this post keep their copy (their readers have it
     or are about to), but are never handed to another reader: the next reader whose
     digest holds the same posts gets a fresh rendering, with the edit."""
-    digest_ids = session.scalars(
-        select(Delivery.digest_id)
-        .join(DeliveryPost, DeliveryPost.delivery_id == Delivery.id)
-        .where(DeliveryPost.post_id == post_id)
-        .distinct()
-    ).all()
+    digest_ids = session.scalars(_digests_holding(session, post_id)).all()
     for digest_id in digest_ids:
         # A key no planner computes, unique like the one it replaces.
         session.execute(
@@ -294,11 +297,10 @@ class Reach:
 
 
 def post_reach(session: Session, post_id: int) -> Reach:
-    """Counted in the ledger by delivery status: one row per reader promised the post."""
+    """Counted in the ledger by delivery status: one row per reader whose digest held it."""
     rows = session.execute(
         select(Delivery.status, func.count())
-        .join(DeliveryPost, DeliveryPost.delivery_id == Delivery.id)
-        .where(DeliveryPost.post_id == post_id)
+        .where(Delivery.digest_id.in_(_digests_holding(session, post_id)))
         .group_by(Delivery.status)
     )
     counts = {status: n for status, n in rows}

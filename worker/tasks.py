@@ -50,14 +50,21 @@ def _dispatch(delivery_ids: list[int]) -> int:
 
 @app.task(name="worker.tasks.post_published", bind=True, acks_late=True, max_retries=None)
 def post_published(self: Any, post_id: int) -> dict[str, Any]:
-    """A post was committed: plan its immediate readers and hand their mail to senders."""
+    """A post was committed: plan its immediate readers and hand their mail to senders
+    chunk by chunk, as each chunk is committed (sending starts while planning goes on,
+    and no list of every reader's delivery is held)."""
+    batches = 0
+
+    def hand_on(delivery_ids: list[int]) -> None:
+        nonlocal batches
+        batches += _dispatch(delivery_ids)
+
     try:
-        report = planning.plan_for_post(post_id)
+        report = planning.plan_for_post(post_id, on_chunk=hand_on)
     except Exception as exc:
         _retry_when_database_is_down(self, exc)
         raise
-    batches = _dispatch(report.deliveries)
-    return {"deliveries": len(report.deliveries), "batches": batches, **report.skipped}
+    return {"deliveries": report.planned, "batches": batches, **report.skipped}
 
 
 @app.task(name="worker.tasks.plan_due_digests", acks_late=True)

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +30,8 @@ from sqlalchemy import (
     SQLColumnExpression,
     String,
     and_,
-    any_,
     bindparam,
+    cast,
     delete,
     exists,
     false,
@@ -42,17 +41,16 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from newsletter.archive import _post_ids_of_digest
 from newsletter.config import get_settings
 from newsletter.db import UTCDateTime, session_scope, utcnow
+from newsletter.db import among as db_among
 from newsletter.delivery.mime import new_message_id
-from newsletter.models import Delivery, DeliveryPost, DeliveryStatus, Digest, Post, post_tags
+from newsletter.models import Delivery, DeliveryPost, DeliveryStatus, Post, post_tags
 from newsletter.posts import SOURCE_BACKLOG
 from subscribers.models import Subscriber, subscriber_tags
 
@@ -76,22 +74,26 @@ ROUNDING = dt.timedelta(hours=1)
 JUST_BEFORE = dt.timedelta(microseconds=1)
 
 
-def among(
-    session: Session, column: SQLColumnExpression[int], ids: Sequence[int]
-) -> ColumnElement[bool]:
-    """`column` is one of `ids`, passed as ONE parameter (an array on PostgreSQL, a JSON
-    list on SQLite): the statement stays the same size for any chunk, and SQLite's
-    limit on parameters is never met. The range of the ids is stated too, so a chunk
-    of neighbouring ids reads a slice of an index on `column`, not the whole table."""
+def pg_array(values: Iterable[int] | Iterable[str], kind: Any = Integer) -> ColumnElement[Any]:
+    """A PostgreSQL array parameter, sent as one array literal: psycopg would adapt a
+    list element by element in Python, which at a million readers costs more than the
+    rest of the planner's own work. Strings are quoted, so any value is safe."""
+    if kind is Integer:
+        text = ",".join(map(str, map(int, values)))
+    else:
+        text = ",".join(
+            '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values
+        )
+    return cast(bindparam(None, "{" + text + "}", type_=String), ARRAY(kind))
+
+
+def id_slice(column: SQLColumnExpression[int], ids: Sequence[int]) -> ColumnElement[bool]:
+    """`column` is one of `ids` (`db.among`: one array parameter on PostgreSQL), with
+    the range of the ids stated too, so a chunk of neighbouring ids reads a slice of
+    an index on `column`, not the whole table."""
     if not ids:
         return false()
-    within = and_(column >= min(ids), column <= max(ids))
-    if session.get_bind().dialect.name == "postgresql":
-        return and_(within, column == any_(bindparam(None, list(ids), type_=ARRAY(Integer))))
-    values = func.json_each(bindparam(None, json.dumps(list(ids)), type_=String)).table_valued(
-        "value"
-    )
-    return and_(within, column.in_(select(values.c.value)))
+    return and_(column >= min(ids), column <= max(ids), db_among(column, ids))
 
 
 # -- writing: one chunk's promises in bulk ----------------------------------------
@@ -99,9 +101,11 @@ def among(
 
 @dataclass
 class Promise:
-    """Deliveries to write for a group of readers: one per member, all with this digest."""
+    """Deliveries to write for a group of readers: one per member, all with this digest
+    (which holds these posts)."""
 
     digest_id: int
+    post_ids: Sequence[int]
     members: Sequence[int]
     status: DeliveryStatus
     error: str | None = None
@@ -117,6 +121,7 @@ DELIVERY_COLUMNS = [
     "created_at",
     "updated_at",
 ]
+GUARD_COLUMNS = ["subscriber_id", "post_id", "delivery_id"]
 
 
 def _insert_deliveries(
@@ -125,20 +130,23 @@ def _insert_deliveries(
     status: DeliveryStatus,
     error: str | None,
     stamp: dt.datetime,
-) -> list[int]:
+) -> list[tuple[int, int, int]]:
     """One Delivery per member of these promises (all with this status and error), in
-    bulk; the new ids. Message-IDs are made here: random, so no database can."""
+    bulk; (id, subscriber, digest) of each. Message-IDs are made here: random, so no
+    database can."""
     sender = get_settings().from_
     subscriber_ids = [s for p in promises for s in p.members]
     digest_ids = [p.digest_id for p in promises for _ in p.members]
     message_ids = [new_message_id(sender) for _ in subscriber_ids]
+    table: Any = Delivery.__table__
+    made = (table.c.id, table.c.subscriber_id, table.c.digest_id)
     if session.get_bind().dialect.name == "postgresql":
         # INSERT ... SELECT over three arrays: one statement, three parameters.
         rows = (
             func.unnest(
-                bindparam(None, subscriber_ids, type_=ARRAY(Integer)),
-                bindparam(None, digest_ids, type_=ARRAY(Integer)),
-                bindparam(None, message_ids, type_=ARRAY(String)),
+                pg_array(subscriber_ids),
+                pg_array(digest_ids),
+                pg_array(message_ids, String),
             )
             .table_valued("subscriber_id", "digest_id", "message_id")
             .render_derived(name="r")
@@ -154,40 +162,47 @@ def _insert_deliveries(
             when,
             when,
         )
-        table: Any = Delivery.__table__
-        statement = insert(table).from_select(DELIVERY_COLUMNS, query).returning(table.c.id)
-        return list(session.scalars(statement))
+        statement = insert(table).from_select(DELIVERY_COLUMNS, query).returning(*made)
+        return [(i, s, d) for i, s, d in session.execute(statement)]
     values = [
         dict(zip(DELIVERY_COLUMNS, (sid, did, status, 0, error, mid, stamp, stamp), strict=True))
         for sid, did, mid in zip(subscriber_ids, digest_ids, message_ids, strict=True)
     ]
-    return list(session.scalars(insert(Delivery).returning(Delivery.id), values))
+    return [(i, s, d) for i, s, d in session.execute(insert(table).returning(*made), values)]
 
 
 def write_promises(session: Session, promises: Sequence[Promise], stamp: dt.datetime) -> list[int]:
     """Write these promises in bulk: the deliveries, then a DeliveryPost for each post
-    promised (from each delivery's digest, in one INSERT ... SELECT, whose primary key
-    stops a second promise); the ids of the queued deliveries, in order."""
+    promised, whose primary key stops a second promise (INSERT ... SELECT over arrays on
+    PostgreSQL, executemany on SQLite); the ids of the queued deliveries, in order."""
     by_outcome: dict[tuple[DeliveryStatus, str | None], list[Promise]] = defaultdict(list)
+    posts_of = {promise.digest_id: promise.post_ids for promise in promises}
     for promise in promises:
         by_outcome[(promise.status, promise.error)].append(promise)
     queued: list[int] = []
-    written: list[int] = []
+    guards: list[tuple[int, int, int]] = []
     for (status, error), group in by_outcome.items():
-        ids = _insert_deliveries(session, group, status, error, stamp)
-        written.extend(ids)
-        if status is DeliveryStatus.QUEUED:
-            queued.extend(ids)
-    if written:
-        elements, post_id = _post_ids_of_digest(session)
-        promised = (
-            select(Delivery.subscriber_id, post_id, Delivery.id)
-            .join(Digest, Digest.id == Delivery.digest_id)
-            .join(elements, true())
-            .where(among(session, Delivery.id, written))
+        for delivery_id, subscriber_id, digest_id in _insert_deliveries(
+            session, group, status, error, stamp
+        ):
+            guards.extend((subscriber_id, post, delivery_id) for post in posts_of[digest_id])
+            if status is DeliveryStatus.QUEUED:
+                queued.append(delivery_id)
+    if not guards:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        subscribers, posts, deliveries = zip(*guards, strict=True)
+        rows = (
+            func.unnest(pg_array(subscribers), pg_array(posts), pg_array(deliveries))
+            .table_valued(*GUARD_COLUMNS)
+            .render_derived(name="g")
         )
         session.execute(
-            insert(DeliveryPost).from_select(["subscriber_id", "post_id", "delivery_id"], promised)
+            insert(DeliveryPost).from_select(GUARD_COLUMNS, select(*rows.c).select_from(rows))
+        )
+    else:
+        session.execute(
+            insert(DeliveryPost), [dict(zip(GUARD_COLUMNS, row, strict=True)) for row in guards]
         )
     return sorted(queued)
 
@@ -256,7 +271,7 @@ def _open_posts(session: Session, reader_ids: Sequence[int]) -> dict[int, dt.dat
         .join(Post, Post.id == pt.c.post_id)
         .join(Subscriber, Subscriber.id == st.c.subscriber_id)
         .where(
-            among(session, st.c.subscriber_id, reader_ids),
+            id_slice(st.c.subscriber_id, reader_ids),
             Post.received_at >= st.c.created_at,
             Post.received_at >= Subscriber.subscribed_at,
             Post.source != SOURCE_BACKLOG,
@@ -309,7 +324,7 @@ def _compact_chunk(
         (reader, planned_through, settled_through)
         for reader, planned_through, settled_through in session.execute(
             select(Subscriber.id, Subscriber.planned_through, Subscriber.settled_through)
-            .where(among(session, Subscriber.id, ids))
+            .where(id_slice(Subscriber.id, ids))
             .with_for_update(skip_locked=True, key_share=True)
         )
         if planned_through is not None
@@ -331,7 +346,7 @@ def _compact_chunk(
     for bound, readers in sorted(moves.items()):
         session.execute(
             update(Subscriber)
-            .where(among(session, Subscriber.id, readers))
+            .where(id_slice(Subscriber.id, readers))
             .values(settled_through=bound)
             .execution_options(synchronize_session=False)
         )
@@ -343,9 +358,7 @@ def _compact_chunk(
     )
     result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         delete(DeliveryPost)
-        .where(
-            among(session, DeliveryPost.subscriber_id, [reader for reader, _, _ in rows]), settled
-        )
+        .where(id_slice(DeliveryPost.subscriber_id, [reader for reader, _, _ in rows]), settled)
         .execution_options(synchronize_session=False)
     )
     report.deleted = max(result.rowcount, 0)

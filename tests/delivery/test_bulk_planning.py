@@ -181,6 +181,9 @@ def play(t0: dt.datetime, plan: Planner) -> list[Ledger]:
 @pytest.fixture
 def no_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Posts wait for the planner under test (its sweeper), not for their own task."""
+    # Imported first, so the tasks module keeps the real send_task once this is undone.
+    import worker.tasks  # noqa: F401
+
     monkeypatch.setattr(dispatch, "send_task", lambda *args: None)
 
 

@@ -31,6 +31,9 @@ def planned_on_the_test_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Posts are planned by the runs below, on the test's clock, not by their own task
     on the real one: a post planned (by the real clock) months after it arrived would
     look released after every planning here, and hold every watermark back."""
+    # Imported first, so the tasks module keeps the real send_task once this is undone.
+    import worker.tasks  # noqa: F401
+
     monkeypatch.setattr(dispatch, "send_task", lambda *args: None)
 
 
