@@ -351,12 +351,9 @@ def test_unknown_outcome_policy_retry_sends_again(
 # --- the database cannot take an outcome -----------------------------------------
 
 
-@pytest.mark.usefixtures("app_env")
-def test_outcomes_are_kept_while_the_database_is_down_and_written_once(
-    monkeypatch: pytest.MonkeyPatch, smtp: ScriptedHandler, t0: dt.datetime
-) -> None:
-    """The outcome write fails twice (the database restarting): nothing more is sent
-    until it lands, then the batch goes on; every reader gets exactly one copy."""
+def fail_two_writes(monkeypatch: pytest.MonkeyPatch, smtp: ScriptedHandler) -> list[int]:
+    """The next two outcome writes fail as a restarting database would; the list
+    returned gets the number of messages the server had at each failure."""
     real_write = sending._write_outcomes
     seen_while_down: list[int] = []
 
@@ -369,6 +366,16 @@ def test_outcomes_are_kept_while_the_database_is_down_and_written_once(
         real_write(writer, outcomes)
 
     monkeypatch.setattr(sending, "_write_outcomes", flaky_write)
+    return seen_while_down
+
+
+@pytest.mark.usefixtures("app_env")
+def test_outcomes_are_kept_while_the_database_is_down_and_written_once(
+    monkeypatch: pytest.MonkeyPatch, smtp: ScriptedHandler, t0: dt.datetime
+) -> None:
+    """The outcome write fails twice (the database restarting): nothing more is sent
+    until it lands, then the batch goes on; every reader gets exactly one copy."""
+    seen_while_down = fail_two_writes(monkeypatch, smtp)
     # Each outcome committed before the next message: today's strictest setting.
     apply_env(monkeypatch, NEWSLETTER_UNRECORDED_LIMIT="1")
     emails = [f"r{n}@example.org" for n in range(4)]
@@ -391,18 +398,7 @@ def test_with_grouped_outcomes_an_outage_stops_new_sends_until_the_write_lands(
 ) -> None:
     """The default: outcomes written in groups over several connections. Once a write
     fails, only the messages already on their way go out until it lands."""
-    real_write = sending._write_outcomes
-    seen_while_down: list[int] = []
-
-    def flaky_write(writer: Session, outcomes: list[sending.Outcome]) -> None:
-        if len(seen_while_down) < 2:
-            seen_while_down.append(len(smtp.messages))
-            writer.rollback()
-            cause = psycopg.OperationalError("server closed the connection unexpectedly")
-            raise OperationalError("COMMIT", {}, cause)
-        real_write(writer, outcomes)
-
-    monkeypatch.setattr(sending, "_write_outcomes", flaky_write)
+    seen_while_down = fail_two_writes(monkeypatch, smtp)
     apply_env(monkeypatch, NEWSLETTER_SMTP_CONNECTIONS="3")
     emails = [f"r{n}@example.org" for n in range(12)]
     for address in emails:
