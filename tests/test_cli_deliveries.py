@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 
 from newsletter import dispatch
 from newsletter.db import session_scope, utcnow
-from newsletter.delivery import planning, progress, sending
+from newsletter.delivery import pipeline, planning, progress, sending
 from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest
 from subscribers.models import Subscriber, SubscriberStatus
 from tests.cli_runner import run
@@ -285,7 +285,7 @@ def test_retry_with_a_broker_hands_batches_to_the_workers(
     smtp.replies = {"a@example.org": [BOUNCE], "b@example.org": [BOUNCE]}
     send(*ids.values())
     tasks: list[tuple[str, tuple[Any, ...]]] = []
-    monkeypatch.setattr(progress, "send_task", lambda task, *args: tasks.append((task, args)))
+    monkeypatch.setattr(pipeline, "send_task", lambda task, *args: tasks.append((task, args)))
     redis = os.environ.get("NEWSLETTER_TEST_REDIS", "redis://127.0.0.1:6379/15")
     apply_env(monkeypatch, NEWSLETTER_BROKER_URL=redis, NEWSLETTER_SEND_BATCH_SIZE="1")
 

@@ -41,13 +41,6 @@ def _retry_when_database_is_down(task: Any, exc: Exception) -> None:
     raise task.retry(countdown=DATABASE_RETRY_COUNTDOWN, exc=exc) from None
 
 
-def _dispatch(delivery_ids: list[int]) -> int:
-    batches = planning.batches(delivery_ids)
-    for batch in batches:
-        send_task("send_batch", batch)
-    return len(batches)
-
-
 @app.task(name="worker.tasks.post_published", bind=True, acks_late=True, max_retries=None)
 def post_published(self: Any, post_id: int) -> dict[str, Any]:
     """A post was committed: plan its immediate readers and hand their mail to senders
@@ -57,7 +50,7 @@ def post_published(self: Any, post_id: int) -> dict[str, Any]:
 
     def hand_on(delivery_ids: list[int]) -> None:
         nonlocal batches
-        batches += _dispatch(delivery_ids)
+        batches += pipeline.dispatch(delivery_ids)
 
     try:
         report = planning.plan_for_post(post_id, on_chunk=hand_on)
@@ -104,7 +97,11 @@ def sweep() -> dict[str, Any]:
     for post_id in posts:
         send_task("post_published", post_id)
     stranded = planning.stranded_deliveries()
-    return {"posts": len(posts), "deliveries": len(stranded), "batches": _dispatch(stranded)}
+    return {
+        "posts": len(posts),
+        "deliveries": len(stranded),
+        "batches": pipeline.dispatch(stranded),
+    }
 
 
 @app.task(

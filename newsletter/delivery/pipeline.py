@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from newsletter.db import session_scope
@@ -46,6 +46,15 @@ class RunSummary:
         return rows
 
 
+def dispatch(delivery_ids: Sequence[int]) -> int:
+    """Hand these deliveries to send tasks, a task per batch; the number of tasks. The
+    one way work goes to senders: planning, the sweeper and retries all use it."""
+    batches = planning.batches(delivery_ids)
+    for batch in batches:
+        send_task("send_batch", batch)
+    return len(batches)
+
+
 def run_due(
     now: dt.datetime | None = None,
     on_total: Callable[[int], None] | None = None,
@@ -83,9 +92,7 @@ def _hand_to_workers(now: dt.datetime | None, on_total: Callable[[int], None] | 
     summary = RunSummary()
 
     def hand_on(delivery_ids: list[int]) -> None:
-        for batch in planning.batches(delivery_ids):
-            send_task("send_batch", batch)
-            summary.batches += 1
+        summary.batches += dispatch(delivery_ids)
 
     # Lost work is looked for before planning, so none of this run's own deliveries
     # (already with a sender, perhaps) is taken for lost.

@@ -42,8 +42,8 @@ from sqlalchemy import ColumnElement, ScalarSelect, case, func, or_, select, tex
 from sqlalchemy.orm import Session
 
 from newsletter.db import session_scope, utcnow
-from newsletter.delivery import planning, sending
-from newsletter.dispatch import send_task, tasks_run_in_process
+from newsletter.delivery import pipeline, planning, sending
+from newsletter.dispatch import tasks_run_in_process
 from newsletter.errors import NotFound
 from newsletter.models import Delivery, DeliveryStatus, Digest
 
@@ -381,12 +381,12 @@ def retry_failed(
     report = RetryReport(send=sending.SendReport() if in_process else None)
     for ids in requeue_failed(digest_id):
         report.requeued += len(ids)
+        if report.send is None:
+            report.batches += pipeline.dispatch(ids)
+            continue
         for batch in planning.batches(ids):
             report.batches += 1
-            if report.send is not None:
-                report.send.merge(
-                    sending.send_batch(batch, transport_factory=factory, on_progress=on_progress)
-                )
-            else:
-                send_task("send_batch", batch)
+            report.send.merge(
+                sending.send_batch(batch, transport_factory=factory, on_progress=on_progress)
+            )
     return report
