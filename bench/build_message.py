@@ -60,15 +60,12 @@ def main() -> None:
     from newsletter.delivery.compose import (
         compile_digest,
         compiled,
-        digest_headers,
         message_for,
         personal_values,
+        whole_message,
     )
-    from newsletter.delivery.mime import build_message
-    from newsletter.delivery.personalise import fill
     from newsletter.delivery.rendering import render_digest
     from newsletter.models import Cadence, Delivery, Digest, Post, Tag
-    from newsletter.text import one_line
     from subscribers.models import Subscriber, SubscriberStatus
 
     settings = get_settings()
@@ -119,17 +116,7 @@ def main() -> None:
     assert template is not None, "the digest did not compile"
 
     def one_off() -> object:
-        return build_message(
-            from_name=settings.from_name,
-            from_address=settings.from_,
-            to_name=ana.name,
-            to_address=ana.email,
-            subject=one_line(fill(digest.subject, values, escape=False), 300),
-            text=fill(digest.text, values, escape=False),
-            html=fill(digest.html, values, escape=True),
-            message_id=delivery.message_id,
-            headers=digest_headers(values["UNSUBSCRIBE_URL"], settings),
-        )
+        return whole_message(delivery, digest, ana, settings, values)
 
     parts = [
         ("personal values (links signed)", lambda: personal_values(ana, settings)),

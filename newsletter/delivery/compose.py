@@ -350,6 +350,19 @@ def message_for(
     # text is normalised as one, so such a copy is built whole.
     if template is not None and not any("\r" in v for v in values.values()):
         return template.copy(subscriber.name, subscriber.email, delivery.message_id, values)
+    return whole_message(delivery, digest, subscriber, settings, values)
+
+
+def whole_message(
+    delivery: Addressed,
+    digest: DigestText,
+    subscriber: Reader,
+    settings: Settings,
+    values: dict[str, str],
+) -> OutgoingMessage:
+    """A copy built whole: substitution into the shared rendering, then the MIME writer
+    from scratch. The fallback for a digest that cannot be compiled, and the measure
+    the compiled path is held to."""
     return build_message(
         from_name=settings.from_name,
         from_address=settings.from_,

@@ -27,12 +27,16 @@ from hypothesis import strategies as st
 from newsletter import tokens
 from newsletter.config import Settings, get_settings
 from newsletter.delivery import compose
-from newsletter.delivery.compose import compiled, digest_headers, message_for, personal_values
+from newsletter.delivery.compose import (
+    compiled,
+    message_for,
+    personal_values,
+    whole_message,
+)
 from newsletter.delivery.mime import (
     HeaderInjection,
     OutgoingMessage,
     address_line,
-    build_message,
     format_address,
     qp,
     qp_piece,
@@ -40,7 +44,6 @@ from newsletter.delivery.mime import (
 from newsletter.delivery.personalise import fill
 from newsletter.delivery.rendering import render_digest
 from newsletter.models import Cadence, Delivery, Digest, Post, Tag
-from newsletter.text import one_line
 from subscribers.models import Subscriber
 from tests.conftest import apply_env
 
@@ -103,17 +106,7 @@ def one_off(
     digest: Digest, reader: Subscriber, config: Settings, values: dict[str, str]
 ) -> OutgoingMessage:
     """Today's whole-message path: substitution, then the MIME writer from scratch."""
-    return build_message(
-        from_name=config.from_name,
-        from_address=config.from_,
-        to_name=reader.name,
-        to_address=reader.email,
-        subject=one_line(fill(digest.subject, values, escape=False), 300),
-        text=fill(digest.text, values, escape=False),
-        html=fill(digest.html, values, escape=True),
-        message_id=delivery().message_id,
-        headers=digest_headers(values["UNSUBSCRIBE_URL"], config),
-    )
+    return whole_message(delivery(), digest, reader, config, values)
 
 
 def parse(data: bytes) -> EmailMessage:

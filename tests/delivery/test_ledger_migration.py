@@ -4,37 +4,14 @@ back the guard rows compaction deleted, so the older code still never sends twic
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
-import psycopg
-import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
 from newsletter import db
-from tests.conftest import PG_ADMIN_DSN
 
 T1 = "2026-01-01 08:00:00+00:00"
 T2 = "2026-01-02 08:00:00+00:00"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('mig')}/m.db"
-        return
-    name = f"newsletter_mig_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    db.get_engine(url).dispose()
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def rows(url: str, sql: str) -> list[tuple[object, ...]]:
