@@ -173,7 +173,58 @@ class Settings(BaseSettings):
     # Sent digests served as public web pages per listed tag, with an Atom feed.
     public_archive: bool = False
 
-    @field_validator("broker_url", "smtp_url", "webhook_secret", mode="before")
+    # Deliverability (README, "Deliverability").
+    # DKIM: all three set signs every message (off while any is blank). The key file
+    # holds one PEM private key, RSA (rsa-sha256) or Ed25519 (ed25519-sha256); a
+    # second selector and key add a second signature (dual signing: RSA for every
+    # verifier, Ed25519 for those that know it).
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_key_file: str | None = None
+    dkim_selector_2: str | None = None
+    dkim_key_file_2: str | None = None
+    # Envelope sender for every message, with a per-delivery token (VERP):
+    # bounces@news.example.org sends as bounces+<token>@news.example.org. Blank: the
+    # From address, without a token.
+    bounce_address: str | None = None
+    # The mailbox the bounce address delivers to, read by beat:
+    # imaps://user:password@host/INBOX (or imap:// on a trusted network).
+    bounce_mailbox_url: str | None = None
+    # How often beat reads that mailbox, in seconds.
+    bounce_poll_interval: int = Field(300, ge=10)
+    # Where recognised bounces go once handled: blank deletes them, a folder name
+    # moves them there.
+    bounce_processed_folder: str = ""
+    # Soft bounces (mailbox full, greylisted for days) this many within this many
+    # days suppress the address as a hard bounce would.
+    soft_bounce_limit: int = Field(3, ge=1, le=100)
+    soft_bounce_window_days: int = Field(14, ge=1, le=365)
+    # Signs provider bounce events posted to /hooks/bounces/... (503 while unset).
+    bounce_webhook_secret: str | None = None
+    # Posts shown in one digest; the rest are listed as "N more posts" with a link.
+    # With the longest summaries allowed, 25 posts keep a digest's HTML well under
+    # the 102 KB at which Gmail clips a message (and hides its footer).
+    digest_max_posts: int = Field(25, ge=1, le=200)
+    # A post's summary in a digest is trimmed at a word boundary to this many characters.
+    summary_max_chars: int = Field(600, ge=50, le=5000)
+    # The blog itself: the site name links here in pages and emails. Blank: base_url.
+    site_url: str | None = None
+
+    @field_validator(
+        "broker_url",
+        "smtp_url",
+        "webhook_secret",
+        "dkim_domain",
+        "dkim_selector",
+        "dkim_key_file",
+        "dkim_selector_2",
+        "dkim_key_file_2",
+        "bounce_address",
+        "bounce_mailbox_url",
+        "bounce_webhook_secret",
+        "site_url",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -8,9 +8,12 @@ from __future__ import annotations
 import typer
 
 from newsletter.cli import (
+    bounces,
     db,
     deliveries,
     digests,
+    dkim,
+    doctor,
     feeds,
     posts,
     serve,
@@ -27,6 +30,7 @@ app.callback()(setup)
 app.command("preview")(digests.preview)
 app.command("serve")(serve.serve)
 app.command("demo")(serve.demo)
+app.command("doctor")(doctor.doctor)
 app.add_typer(db.app, name="db")
 app.add_typer(posts.app, name="posts")
 app.add_typer(tags.app, name="tags")
@@ -37,6 +41,8 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(feeds.app, name="feeds")
 app.add_typer(suppressions.app, name="suppressions")
 app.add_typer(users.app, name="users")
+app.add_typer(dkim.app, name="dkim")
+app.add_typer(bounces.app, name="bounces")
 
 
 def main() -> None:
