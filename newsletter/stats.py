@@ -34,14 +34,9 @@ T = TypeVar("T")
 CACHE_SECONDS = 60
 DAYS = 30
 FAILURES_SHOWN = 20
-# Deliveries still waiting after this long belong to no "current" send: the sweeper's
-# business, not a progress bar's.
+# A finished send older than this is no longer shown as the latest one.
 RUN_HORIZON = dt.timedelta(hours=24)
-# With nothing waiting, the latest send is what was planned in the hour before the
-# newest delivery (one planner run writes its rows with one timestamp).
-LAST_RUN_SPAN = dt.timedelta(hours=1)
 FINAL = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.SKIPPED)
-OPEN = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
 _ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
 
 
@@ -184,23 +179,27 @@ class SendProgress:
 
 
 def send_progress(session: Session, now: dt.datetime | None = None) -> SendProgress:
-    horizon = (now or utcnow()) - RUN_HORIZON
-    oldest = [
-        select(func.min(Delivery.created_at))
-        .where(Delivery.status == status, Delivery.created_at >= horizon)
-        .scalar_subquery()
-        for status in OPEN
-    ]
-    open_since = [t for t in session.execute(select(*oldest)).one() if t is not None]
-    if open_since:
-        since, running = min(open_since), True
-    else:
-        newest = session.scalar(select(Delivery.created_at).order_by(Delivery.id.desc()).limit(1))
-        if newest is None or newest < horizon:
-            return SendProgress(None, False)
-        since, running = newest - LAST_RUN_SPAN, False
-    counts = session.execute(select(*(_count(s, since) for s in DeliveryStatus))).one()
-    return SendProgress(since, running, dict(zip(DeliveryStatus, counts, strict=True)))
+    """The current send as `newsletter deliveries status` counts it: one definition
+    (`newsletter.delivery.progress`) for the console, the API and the command line.
+    A send that ended more than RUN_HORIZON ago is no longer shown."""
+    from newsletter.delivery.progress import send_status
+
+    now = now or utcnow()
+    status = send_status(session, now=now)
+    if not status.runs:
+        return SendProgress(None, False)
+    running = status.in_flight > 0
+    last = status.runs[-1].end
+    if not running and last is not None and last < now - RUN_HORIZON:
+        return SendProgress(None, False)
+    counts = {
+        DeliveryStatus.QUEUED: status.queued + status.deferred,
+        DeliveryStatus.SENDING: status.sending,
+        DeliveryStatus.SENT: status.sent,
+        DeliveryStatus.FAILED: status.failed,
+        DeliveryStatus.SKIPPED: status.skipped,
+    }
+    return SendProgress(status.runs[0].start, running, counts)
 
 
 # -- failures ---------------------------------------------------------------------
