@@ -249,5 +249,6 @@ __all__ = [
 
 # Delivery refers to Subscriber by name: make sure it is mapped whenever models are;
 # the console's tables (staff, sessions, audit log) too, so migrations see them.
+import newsletter.bounces.models  # noqa: E402
 import newsletter.console.models  # noqa: E402, F401
 import subscribers.models  # noqa: E402, F401

@@ -69,6 +69,7 @@ def cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.M
 
 
 TABLES = [
+    "bounce_events",
     "delivery_posts",
     "deliveries",
     "digests",

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from newsletter.bounces import records as bounce_records
 from newsletter.console import services
 from newsletter.console.models import StaffUser
 from newsletter.console.security import AdminDep, ConsoleRoute, CsrfDep, Staff, request_ip
@@ -127,6 +128,7 @@ def subscriber_page(
             deliveries=deliveries,
             suppressed=suppression.find(session, subscriber.email),
             history=suppression.history(session, subscriber.email),
+            bounces=bounce_records.for_reader(session, subscriber.id),
             notice=READER_NOTICES.get(notice),
         )
 
