@@ -47,6 +47,19 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={timestamp},v1={signature(secret, body, timestamp)}"
 
 
+def check_age(timestamp: int, tolerance: int, now: float | None = None) -> None:
+    """SignatureError unless the signed `timestamp` is within `tolerance` s of now."""
+    now = time.time() if now is None else now
+    age = now - timestamp
+    if abs(age) > tolerance:
+        when = f"{int(age)} s old" if age > 0 else f"{int(-age)} s in the future"
+        raise SignatureError(
+            "stale_timestamp",
+            f"the signed timestamp is {when}; more than {tolerance} s apart from now is "
+            "refused as a possible replay",
+        )
+
+
 def verify(
     secret: str, header: str | None, body: bytes, tolerance: int, now: float | None = None
 ) -> int:
@@ -67,15 +80,7 @@ def verify(
             "malformed_signature",
             f"the {SIGNATURE_HEADER} header must look like t=<unix time>,v1=<hex HMAC-SHA256>",
         )
-    now = time.time() if now is None else now
-    age = now - timestamp
-    if abs(age) > tolerance:
-        when = f"{int(age)} s old" if age > 0 else f"{int(-age)} s in the future"
-        raise SignatureError(
-            "stale_timestamp",
-            f"the signed timestamp is {when}; more than {tolerance} s apart from now is "
-            "refused as a possible replay",
-        )
+    check_age(timestamp, tolerance, now)
     expected = signature(secret, body, timestamp)
     # compare_digest on every candidate: the time taken says nothing about the secret.
     if not any(hmac.compare_digest(expected, c) for c in candidates):

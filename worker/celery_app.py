@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from newsletter.config import Settings, get_settings, settings_or_exit
@@ -11,6 +13,38 @@ def configure(app: Celery, settings: Settings | None = None) -> Celery:
     """(Re)apply settings; tests call it after changing the environment."""
     settings = settings or get_settings()
     eager = settings.broker_url is None
+    schedule: dict[str, dict[str, Any]] = {
+        "plan-due-digests": {
+            "task": "worker.tasks.plan_due_digests",
+            "schedule": float(settings.plan_interval),
+        },
+        # Lost tasks and expired claims, found within a minute or two of a fault.
+        "sweep": {
+            "task": "worker.tasks.sweep",
+            "schedule": float(settings.sweep_interval),
+        },
+        # Each feed has its own interval; this is how often beat looks for due ones.
+        "poll-due-feeds": {
+            "task": "worker.tasks.poll_due_feeds",
+            "schedule": float(settings.feed_check_interval),
+        },
+        # The ledger's guard rows for settled posts go (docs/storage.md).
+        "compact-ledger": {
+            "task": "worker.tasks.compact_ledger",
+            "schedule": 3600.0,
+        },
+        # Console jobs (bulk actions, imports) whose task was lost are queued again.
+        "resume-console-jobs": {
+            "task": "worker.tasks.resume_console_jobs",
+            "schedule": float(settings.plan_interval),
+        },
+    }
+    if settings.bounce_mailbox_url:
+        # Bounces and complaints mailed back to the bounce address.
+        schedule["poll-bounce-mailbox"] = {
+            "task": "worker.tasks.poll_bounce_mailbox",
+            "schedule": float(settings.bounce_poll_interval),
+        }
     app.conf.update(
         broker_url=settings.broker_url or "memory://",
         # No broker: every task runs in the calling process, same code path.
@@ -34,32 +68,7 @@ def configure(app: Celery, settings: Settings | None = None) -> Celery:
         },
         timezone="UTC",
         enable_utc=True,
-        beat_schedule={
-            "plan-due-digests": {
-                "task": "worker.tasks.plan_due_digests",
-                "schedule": float(settings.plan_interval),
-            },
-            # Lost tasks and expired claims, found within a minute or two of a fault.
-            "sweep": {
-                "task": "worker.tasks.sweep",
-                "schedule": float(settings.sweep_interval),
-            },
-            # Each feed has its own interval; this is how often beat looks for due ones.
-            "poll-due-feeds": {
-                "task": "worker.tasks.poll_due_feeds",
-                "schedule": float(settings.feed_check_interval),
-            },
-            # The ledger's guard rows for settled posts go (docs/storage.md).
-            "compact-ledger": {
-                "task": "worker.tasks.compact_ledger",
-                "schedule": 3600.0,
-            },
-            # Console jobs (bulk actions, imports) whose task was lost are queued again.
-            "resume-console-jobs": {
-                "task": "worker.tasks.resume_console_jobs",
-                "schedule": float(settings.plan_interval),
-            },
-        },
+        beat_schedule=schedule,
     )
     return app
 

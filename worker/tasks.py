@@ -7,11 +7,12 @@ import logging
 from typing import Any
 
 from newsletter import transactional
+from newsletter.bounces import mailbox
 from newsletter.db import database_unavailable, session_scope, utcnow
 from newsletter.delivery import ledger, pipeline, planning, sending
 from newsletter.delivery.smtp import ConnectionLost, TemporaryFailure
 from newsletter.dispatch import send_task
-from newsletter.errors import NotFound
+from newsletter.errors import InvalidInput, NotFound
 from newsletter.feeds import services as feeds
 from subscribers import bulk
 from worker.celery_app import app
@@ -176,3 +177,16 @@ def compact_ledger() -> dict[str, Any]:
     drop the guard rows it covers, so the ledger grows with deliveries, not posts."""
     report = ledger.compact()
     return {"readers": report.readers, "advanced": report.advanced, "deleted": report.deleted}
+
+
+@app.task(name="worker.tasks.poll_bounce_mailbox", acks_late=True)
+def poll_bounce_mailbox() -> dict[str, Any]:
+    """Beat's job while NEWSLETTER_BOUNCE_MAILBOX_URL is set: read the bounce mailbox
+    once. A mailbox that cannot be read is logged and tried again at the next beat
+    (its messages wait there); no retry piles up meanwhile."""
+    try:
+        report = mailbox.poll()
+    except (mailbox.MailboxError, InvalidInput) as exc:
+        log.warning("%s", exc)
+        return {"error": str(exc)}
+    return {**dict(report.rows()), "errors": report.errors}

@@ -18,7 +18,15 @@ from newsletter.console.routes import CONSOLE_ROUTERS
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.redaction import RedactingFilter
 from newsletter.templating import templates_dir
-from newsletter.web import api, archive, docs, hooks, subscriber_pages, subscribers_api
+from newsletter.web import (
+    api,
+    archive,
+    bounce_hooks,
+    docs,
+    hooks,
+    subscriber_pages,
+    subscribers_api,
+)
 from newsletter.web.rendering import render_page
 
 # Pages load styles and scripts from /static only; nothing may frame them, and no
@@ -109,6 +117,7 @@ def create_app() -> FastAPI:
     app.include_router(subscribers_api.router)
     app.include_router(api.router)
     app.include_router(hooks.router)
+    app.include_router(bounce_hooks.router)
     app.include_router(archive.router)
     for router in CONSOLE_ROUTERS:
         app.include_router(router)

@@ -29,7 +29,7 @@ from newsletter.webhooks import (
 router = APIRouter(prefix="/hooks", tags=["webhooks"])
 
 
-class _Refused(Exception):
+class Refused(Exception):
     def __init__(
         self, status_code: int, code: str, detail: str, errors: list[dict[str, Any]] | None = None
     ) -> None:
@@ -40,10 +40,10 @@ class _Refused(Exception):
         )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused as soon as it is known to be over `limit` bytes."""
     declared = request.headers.get("content-length", "")
-    too_large = _Refused(
+    too_large = Refused(
         status.HTTP_413_CONTENT_TOO_LARGE,
         "payload_too_large",
         f"the body is over the {limit} byte limit",
@@ -56,6 +56,23 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise too_large
     return bytes(body)
+
+
+def json_body(request: Request, body: bytes, what: str) -> Any:
+    """The body as JSON, refused unless declared application/json and valid JSON."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise Refused(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            f"send {what} as application/json, not {media or 'no content type'}",
+        )
+    try:
+        return jsonsafe.loads(body)
+    except ValueError as exc:
+        raise Refused(
+            status.HTTP_400_BAD_REQUEST, "malformed_json", f"the body is not JSON: {exc}"
+        ) from None
 
 
 def _error(code: int, description: str) -> dict[str, Any]:
@@ -130,37 +147,25 @@ async def receive(
     settings = get_settings()
     try:
         if not settings.webhook_secret:
-            raise _Refused(
+            raise Refused(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 "webhook_disabled",
                 "webhooks are disabled: set NEWSLETTER_WEBHOOK_SECRET to enable them",
             )
-        body = await _read_body(request, MAX_BODY_BYTES)
+        body = await read_body(request, MAX_BODY_BYTES)
         try:
             secret, tolerance = settings.webhook_secret, settings.webhook_tolerance
             verify(secret, x_newsletter_signature, body, tolerance)
         except SignatureError as exc:
-            raise _Refused(status.HTTP_401_UNAUTHORIZED, exc.code, str(exc)) from None
-        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media != "application/json":
-            raise _Refused(
-                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                f"send the post as application/json, not {media or 'no content type'}",
-            )
-        try:
-            raw = jsonsafe.loads(body)
-        except ValueError as exc:
-            raise _Refused(
-                status.HTTP_400_BAD_REQUEST, "malformed_json", f"the body is not JSON: {exc}"
-            ) from None
+            raise Refused(status.HTTP_401_UNAUTHORIZED, exc.code, str(exc)) from None
+        raw = json_body(request, body, "the post")
         try:
             payload = PostPayload.model_validate(raw)
         except ValidationError as exc:
             errors = [
                 {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
             ]
-            raise _Refused(
+            raise Refused(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 "invalid_payload",
                 "the post does not match the schema",
@@ -169,10 +174,10 @@ async def receive(
         try:
             received = await run_in_threadpool(receive_post, payload.to_input())
         except InvalidInput as exc:
-            raise _Refused(
+            raise Refused(
                 status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_payload", str(exc)
             ) from None
-    except _Refused as refused:
+    except Refused as refused:
         return refused.response
     result = WebhookResult(status=received.status, id=received.id, guid=received.guid)
     code = status.HTTP_201_CREATED if received.status == "created" else status.HTTP_200_OK

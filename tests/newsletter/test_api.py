@@ -202,7 +202,7 @@ def test_openapi_documents_every_endpoint_parameter_and_error(client: TestClient
         ("GET", "/api/suppressions"), ("POST", "/api/suppressions"),
         ("DELETE", "/api/suppressions/{email}"),
         ("GET", "/api/digests"), ("GET", "/api/digests/{digest_id}"), ("GET", "/api/stats"),
-        ("POST", "/hooks/posts"),
+        ("POST", "/hooks/posts"), ("POST", "/hooks/bounces"), ("POST", "/hooks/bounces/mailgun"),
     }  # fmt: skip
     for (method, path), op in operations.items():
         where = f"{method} {path}"
