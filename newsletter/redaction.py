@@ -11,7 +11,7 @@ import re
 
 REDACTED = "[redacted]"
 # The path segment after a subscriber page's prefix is a signed token.
-_TOKEN_PATH = re.compile(r"(/(?:confirm|unsubscribe|preferences)/)[^/?#\s'\"]+")
+_TOKEN_PATH = re.compile(r"(/(?:confirm|unsubscribe|preferences|resubscribe)/)[^/?#\s'\"]+")
 # Query parameters that carry a token or a key.
 _TOKEN_QUERY = re.compile(r"([?&](?:token|key|signature|password)=)[^&#\s'\"]+", re.IGNORECASE)
 # The password in `scheme://user:password@host`.

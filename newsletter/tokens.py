@@ -11,7 +11,9 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from newsletter.config import get_settings
 from newsletter.errors import InvalidInput
 
-Purpose = Literal["unsubscribe", "preferences", "confirm"]
+# "resubscribe" is the undo link on the page a reader sees after unsubscribing;
+# "form" carries a reader form with mistakes across its redirect (a cookie).
+Purpose = Literal["unsubscribe", "preferences", "confirm", "resubscribe", "form"]
 
 
 def serializer(purpose: Purpose) -> URLSafeTimedSerializer:

@@ -20,15 +20,23 @@ from sqlalchemy.orm import Session
 from newsletter.config import get_settings
 from newsletter.db import utcnow
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.models import Cadence, Delivery, DeliveryStatus, Tag
+from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest, Tag
 from newsletter.tags import existing_tags, parse_tag_names
 from newsletter.text import has_line_break, one_line
 from subscribers import suppression
-from subscribers.cadence import next_slot, parse_cadence, parse_hour, parse_timezone, parse_weekday
+from subscribers.cadence import (
+    WEEKDAYS,
+    next_slot,
+    parse_cadence,
+    parse_hour,
+    parse_timezone,
+    parse_weekday,
+)
 from subscribers.models import (
     SignupAttempt,
     Subscriber,
     SubscriberStatus,
+    Suppression,
     SuppressionEvent,
     SuppressionReason,
     new_uid,
@@ -506,10 +514,17 @@ def count_active(session: Session) -> int:
     return int(session.scalar(query) or 0)
 
 
-def cadence_label(cadence: Cadence) -> str:
-    return {"immediate": "as soon as posts appear", "daily": "daily", "weekly": "weekly"}[
-        cadence.value
-    ]
+def cadence_label(
+    cadence: Cadence, send_hour: int = 8, weekday: int = 0, timezone: str = "UTC"
+) -> str:
+    """When a reader gets digests, as a footer says it: "as soon as posts appear",
+    "daily at 08:00 (Europe/Lisbon)", "weekly on Mondays at 08:00 (Europe/Lisbon)"."""
+    if cadence is Cadence.IMMEDIATE:
+        return "as soon as posts appear"
+    when = f"at {send_hour:02d}:00 ({timezone})"
+    if cadence is Cadence.WEEKLY:
+        return f"weekly on {WEEKDAYS[weekday % 7].capitalize()}s {when}"
+    return f"daily {when}"
 
 
 def by_uid(session: Session, uid: str) -> Subscriber:
@@ -533,3 +548,53 @@ def unsubscribe(
         subscriber.next_digest_at = None
     suppression.suppress(session, subscriber.email, SuppressionReason.UNSUBSCRIBED, actor=actor)
     session.flush()
+
+
+def undo_unsubscribe(
+    session: Session, subscriber: Subscriber, now: dt.datetime | None = None
+) -> None:
+    """The reader's own undo, soon after leaving: back with the same tags and schedule,
+    their own unsubscribe block lifted. Other blocks (a bounce, a complaint, an admin's
+    decision) stay: only an admin lifts those."""
+    now = now or utcnow()
+    blocked = suppression.find(session, subscriber.email)
+    if blocked is not None and blocked.reason is not SuppressionReason.UNSUBSCRIBED:
+        raise InvalidInput("this address cannot be subscribed; contact the publisher")
+    if blocked is not None:
+        suppression.lift(session, subscriber.email, by="the subscriber, by undoing an unsubscribe")
+    if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+        _set_status(session, subscriber, SubscriberStatus.ACTIVE, now, "the subscriber")
+        subscriber.next_digest_at = next_slot(
+            subscriber.cadence, subscriber.timezone, subscriber.send_hour,
+            subscriber.send_weekday, now,
+        )  # fmt: skip
+    session.flush()
+
+
+@dataclass
+class ReaderDetails:
+    """What `subscribers show` prints: the reader, their tags with the date each was
+    followed, their suppression if any, and their newest deliveries with the subject."""
+
+    subscriber: Subscriber
+    tags: list[tuple[str, str, dt.datetime]]
+    suppression: Suppression | None
+    deliveries: list[tuple[Delivery, str]]
+
+
+def reader_details(session: Session, email: str, deliveries: int = 10) -> ReaderDetails:
+    """One reader by address (NotFound if none), with their last `deliveries` rows."""
+    subscriber = get_by_email(session, email)
+    rows = session.execute(
+        select(Delivery, Digest.subject)
+        .join(Digest, Digest.id == Delivery.digest_id)
+        .where(Delivery.subscriber_id == subscriber.id)
+        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+        .limit(deliveries)
+    )
+    return ReaderDetails(
+        subscriber=subscriber,
+        tags=followed_tags(session, subscriber),
+        suppression=suppression.find(session, subscriber.email),
+        deliveries=[(delivery, subject) for delivery, subject in rows],
+    )

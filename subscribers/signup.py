@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,12 @@ from newsletter.text import one_line
 from subscribers import suppression
 from subscribers.cadence import next_slot, parse_cadence, parse_hour, parse_timezone, parse_weekday
 from subscribers.models import SignupAttempt, Subscriber, SubscriberStatus, SuppressionReason
-from subscribers.services import normalize_email, refuse_lookalike_domain, set_tags
+from subscribers.services import (
+    FieldErrors,
+    normalize_email,
+    refuse_lookalike_domain,
+    set_tags,
+)
 
 
 class RateLimited(Exception):
@@ -88,16 +94,8 @@ def parse_preferences(
 ) -> Preferences:
     """Validate a form's choices; tags must be existing ones, picked from the list."""
     settings = get_settings()
-    # Slugs come from the form as typed: nothing XML forbids (PostgreSQL refuses NUL
-    # in a query parameter), and a slug is one short line.
-    slugs = sorted({one_line(s, 200) for s in tag_slugs} - {""})
-    if not slugs:
-        raise InvalidInput("choose at least one tag to follow")
-    tags = list(session.scalars(select(Tag).where(Tag.slug.in_(slugs)).order_by(Tag.slug)))
-    if len(tags) != len(slugs):
-        raise InvalidInput("one of the chosen tags does not exist")
     return Preferences(
-        tags=tags,
+        tags=_chosen_tags(session, tag_slugs),
         cadence=parse_cadence(cadence),
         timezone=parse_timezone(timezone or "UTC"),
         send_hour=parse_hour(settings.default_send_hour if send_hour in (None, "") else send_hour),
@@ -106,6 +104,81 @@ def parse_preferences(
         ),
         name=one_line(name, 200),
     )
+
+
+def _chosen_tags(session: Session, tag_slugs: list[str]) -> list[Tag]:
+    # Slugs come from the form as typed: nothing XML forbids (PostgreSQL refuses NUL
+    # in a query parameter), and a slug is one short line.
+    slugs = sorted({one_line(s, 200) for s in tag_slugs} - {""})
+    if not slugs:
+        raise InvalidInput("choose at least one tag to follow")
+    tags = list(session.scalars(select(Tag).where(Tag.slug.in_(slugs)).order_by(Tag.slug)))
+    if len(tags) != len(slugs):
+        raise InvalidInput("one of the chosen tags does not exist")
+    return tags
+
+
+# What a reader reads next to a field the form got wrong: plain words, and what to do.
+FIELD_MESSAGES = {
+    "email_missing": "Enter your email address, like name@example.com.",
+    "email": "That doesn't look like an email address. Check it for typos, like name@example.com.",
+    "tags": "Pick at least one tag to follow.",
+    "tags_gone": "One of the tags you picked no longer exists. Pick again from the list.",
+    "cadence": "Choose how often you want to hear from us.",
+    "timezone": "That time zone isn't one we know, pick one from the list.",
+    "send_hour": "Pick a time from the list.",
+    "send_weekday": "Pick a day from the list.",
+}
+
+
+def check_address(email: str) -> str:
+    """The normalised address, or InvalidInput worded for a reader (look-alike
+    domains keep their own message: it says which letters to check)."""
+    if not email.strip():
+        raise InvalidInput(FIELD_MESSAGES["email_missing"])
+    try:
+        address = normalize_email(email)
+    except InvalidInput:
+        raise InvalidInput(FIELD_MESSAGES["email"]) from None
+    try:
+        refuse_lookalike_domain(address)
+    except InvalidInput as exc:
+        text = str(exc)
+        raise InvalidInput(text[:1].upper() + text[1:] + ".") from None
+    return address
+
+
+def check_preferences(
+    session: Session,
+    tag_slugs: list[str],
+    cadence: str,
+    timezone: str,
+    send_hour: str | None,
+    send_weekday: str | None,
+    name: str = "",
+) -> Preferences:
+    """`parse_preferences` for a form: every problem at once, by field, in plain words
+    (FieldErrors), so the page can show each next to its field."""
+    errors: dict[str, str] = {}
+    try:
+        _chosen_tags(session, tag_slugs)
+    except InvalidInput:
+        has_any = any(one_line(s, 200) for s in tag_slugs)
+        errors["tags"] = FIELD_MESSAGES["tags_gone" if has_any else "tags"]
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("cadence", lambda: parse_cadence(cadence)),
+        ("timezone", lambda: parse_timezone(timezone or "UTC")),
+        ("send_hour", lambda: send_hour in (None, "") or parse_hour(send_hour or "")),
+        ("send_weekday", lambda: send_weekday in (None, "") or parse_weekday(send_weekday or "")),
+    ]
+    for field_name, check in checks:
+        try:
+            check()
+        except InvalidInput:
+            errors[field_name] = FIELD_MESSAGES[field_name]
+    if errors:
+        raise FieldErrors(errors)
+    return parse_preferences(session, tag_slugs, cadence, timezone, send_hour, send_weekday, name)
 
 
 def _check_rate(session: Session, ip: str, email: str, now: dt.datetime) -> bool:

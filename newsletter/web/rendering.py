@@ -1,4 +1,4 @@
-"""Web pages from `templates/web/`, with the site name every page shows."""
+"""Web pages from `templates/web/`, with the site name (and its link) every page shows."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from newsletter.templating import environment
 
 
 def render_page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    html = (
-        environment().get_template(template).render(site_name=get_settings().site_name, **context)
-    )
+    settings = get_settings()
+    # The site name links to the blog (site_url), or to this app when there is none.
+    site_url = settings.site_url or f"{settings.public_base_url}/"
+    site = {"site_name": settings.site_name, "site_url": site_url}
+    html = environment().get_template(template).render(**site, **context)
     return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
 
 

@@ -66,9 +66,19 @@ def link_in(smtp: ScriptedHandler, path: str, index: int = -1) -> str:
 
 
 def sign_up(client: TestClient, **changes: object) -> str:
+    """Post the form; it answers 303 to the "check your inbox" page (Post/Redirect/Get)."""
     response = client.post("/subscribe", data={**FORM, **changes})
-    assert response.status_code == 200, response.text
-    return response.text
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == "/subscribe/check-inbox"
+    return client.get(response.headers["location"]).text
+
+
+def confirm_and_follow(client: TestClient, path: str, **data: str) -> str:
+    """Confirm; the POST answers 303 back to the link, which now says it is done."""
+    response = client.post(path, data=data)
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == f"{path}?done=confirmed"
+    return client.get(response.headers["location"]).text
 
 
 def test_double_opt_in(client: TestClient, smtp: ScriptedHandler) -> None:
@@ -91,8 +101,7 @@ def test_double_opt_in(client: TestClient, smtp: ScriptedHandler) -> None:
     landing = client.get(path)
     assert landing.status_code == 200 and "Confirm my subscription" in landing.text
     assert subscriber().status is SubscriberStatus.PENDING  # type: ignore[union-attr]
-    confirmed = client.post(path)
-    assert confirmed.status_code == 200 and "You are subscribed" in confirmed.text
+    assert "You are subscribed" in confirm_and_follow(client, path)
     active = subscriber()
     assert active is not None and active.status is SubscriberStatus.ACTIVE
     assert (active.cadence.value, active.timezone, active.send_hour) == (
@@ -111,9 +120,13 @@ def test_double_opt_in(client: TestClient, smtp: ScriptedHandler) -> None:
         and "daily at 07:00 (Europe/Lisbon)" in text.get_content()
     )
     assert welcome["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    # A second click changes nothing and sends no second welcome.
-    assert client.post(path).status_code == 200
+    # A second click changes nothing and sends no second welcome; the link now
+    # says it was used, with the way to the preferences, and no button.
+    assert client.post(path).status_code == 303
     assert len(smtp.messages) == 2
+    again = client.get(path)
+    assert again.status_code == 200 and "Already confirmed" in again.text
+    assert "/preferences/" in again.text and "Confirm my subscription" not in again.text
     # The post that arrived while pending is not sent after confirming.
     run_due(dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
     assert len(smtp.messages) == 2
@@ -176,20 +189,26 @@ def test_stranger_cannot_change_pending_preferences(
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"email": "not-an-address"}, "invalid email address"),
-        ({"tags": []}, "choose at least one tag"),
-        ({"tags": ["nonexistent"]}, "does not exist"),
-        ({"cadence": "hourly"}, "unknown cadence"),
-        ({"timezone": "Mars/Olympus"}, "unknown time zone"),
-        ({"send_hour": "99"}, "0-23"),
+        ({"email": "not-an-address"}, "doesn&#39;t look like an email address"),
+        ({"email": "  "}, "Enter your email address"),
+        ({"tags": []}, "Pick at least one tag"),
+        ({"tags": ["nonexistent"]}, "no longer exists"),
+        ({"cadence": "hourly"}, "Choose how often"),
+        ({"timezone": "Mars/Olympus"}, "time zone isn&#39;t one we know"),
+        ({"send_hour": "99"}, "Pick a time from the list"),
     ],
 )
 def test_bad_sign_up_is_a_400_and_writes_nothing(
     client: TestClient, smtp: ScriptedHandler, changes: dict[str, object], message: str
 ) -> None:
     response = client.post("/subscribe", data={**FORM, **changes})
-    assert response.status_code == 400 and message in response.text
+    # Back to the form (Post/Redirect/Get), which shows what was typed and the mistake.
+    assert response.status_code == 303 and response.headers["location"] == "/subscribe"
+    page = client.get("/subscribe")
+    assert page.status_code == 400 and message in page.text
     assert subscriber() is None and smtp.messages == []
+    # Shown once: a reload is the plain form again.
+    assert client.get("/subscribe").status_code == 200
 
 
 def test_tampered_and_expired_links(
@@ -201,6 +220,7 @@ def test_tampered_and_expired_links(
     for response in (client.get(tampered), client.post(tampered)):
         assert response.status_code == 400 and "not valid" in response.text
         assert "Traceback" not in response.text
+        assert 'href="/subscribe"' in response.text  # what to do next
     # A link older than the pending lifetime has expired.
     old = int(time.time()) - 49 * 3600
     monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: old)
@@ -268,7 +288,8 @@ def test_preference_center(client: TestClient, smtp: ScriptedHandler) -> None:
             "send_weekday": "4",
         },
     )
-    assert saved.status_code == 200 and "saved" in saved.text
+    assert saved.status_code == 303 and saved.headers["location"] == f"{path}?done=saved"
+    assert "Your preferences are saved." in client.get(saved.headers["location"]).text
     after = subscriber("ana@example.org")
     assert after is not None
     assert sorted(t.slug for t in after.tags) == ["climate", "health"]
@@ -292,10 +313,16 @@ def test_preference_center(client: TestClient, smtp: ScriptedHandler) -> None:
             "timezone": "Nowhere/Land",
         },
     )
-    assert bad.status_code == 400 and "unknown time zone" in bad.text
+    assert bad.status_code == 303 and bad.headers["location"] == path
+    shown = client.get(path)
+    assert shown.status_code == 400 and "time zone isn&#39;t one we know" in shown.text
     assert subscriber("ana@example.org").timezone == "Asia/Tokyo"  # type: ignore[union-attr]
 
-    assert "paused" in client.post(path, data={"action": "pause"}).text
+    paused = client.post(path, data={"action": "pause"})
+    assert (
+        paused.status_code == 303
+        and "Digests paused" in client.get(paused.headers["location"]).text
+    )
     assert subscriber("ana@example.org").status is SubscriberStatus.PAUSED  # type: ignore[union-attr]
     make_post("health")
     run_due(dt.datetime.now(dt.UTC) + dt.timedelta(days=8))
@@ -382,7 +409,8 @@ def counts() -> tuple[int, int]:
 def test_look_alike_domains_are_refused_at_sign_up(
     client: TestClient, smtp: ScriptedHandler, email: str, scripts: str
 ) -> None:
-    response = client.post("/subscribe", data={**FORM, "email": email})
+    assert client.post("/subscribe", data={**FORM, "email": email}).status_code == 303
+    response = client.get("/subscribe")
     assert response.status_code == 400
     assert f"mixes {scripts} letters" in response.text and "look-alike" in response.text
     assert counts() == (0, 0) and smtp.messages == []
@@ -455,7 +483,7 @@ def test_the_owner_names_themselves_on_the_confirmation_page(
     page = client.get(path)
     assert page.status_code == 200
     assert '<input type="text" name="name" value=""' in page.text and STRANGER not in page.text
-    assert client.post(path, data={"name": "  Rae\u202e\r\nR  "}).status_code == 200
+    assert client.post(path, data={"name": "  Rae\u202e\r\nR  "}).status_code == 303
     assert subscriber().name == "Rae R"  # type: ignore[union-attr]
     welcome = smtp.messages[-1].parsed()
     assert welcome["To"].addresses[0].display_name == "Rae R"
@@ -531,7 +559,7 @@ def test_a_confirmation_sent_before_an_unsubscribe_cannot_undo_it(
     # A new sign-up after the unsubscribe sends a new link, and that one still works.
     sign_up(client, tags=["climate"])
     assert len(smtp.messages) == mails + 1
-    assert client.post(link_in(smtp, "confirm")).status_code == 200
+    assert client.post(link_in(smtp, "confirm")).status_code == 303
     back = subscriber()
     assert back is not None and back.status is SubscriberStatus.ACTIVE
     assert [t.slug for t in back.tags] == ["climate"]
@@ -582,8 +610,10 @@ def test_every_sign_up_schedules_the_same_work_after_the_response(
         "flooded": "flooded@example.org",
     }
     before = snapshot()
-    pages = {client.post("/subscribe", data={**FORM, "email": e}).text for e in states.values()}
-    assert len(pages) == 1 and "Check your inbox" in pages.pop()
+    answers = [client.post("/subscribe", data={**FORM, "email": e}) for e in states.values()]
+    assert {(a.status_code, a.headers["location"], a.text) for a in answers} == {
+        (303, "/subscribe/check-inbox", "")
+    }
     # Before the response: no row made or changed, no mail, one job each, all alike.
     assert snapshot() == before and smtp.messages == []
     assert len(scheduled) == len(states)
