@@ -14,7 +14,7 @@ from newsletter.archive import _post_ids_of_digest
 from newsletter.db import utcnow
 from newsletter.dispatch import enqueue_after_commit
 from newsletter.errors import InvalidInput
-from newsletter.models import Delivery, DeliveryStatus, Digest, Post
+from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest, Post, Tag
 from newsletter.sanitize import clean_html, html_to_text
 from newsletter.tags import get_or_create_tags, parse_tag_names
 from newsletter.text import first_unsafe_char, one_line
@@ -321,3 +321,81 @@ def _shorten(text: str, limit: int) -> str:
 
 def recent_posts(session: Session, limit: int = 50) -> list[Post]:
     return list(session.scalars(select(Post).order_by(Post.received_at.desc()).limit(limit)))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a new post did at once, read from the ledger: the immediate readers it
+    reached, by how their mail went (deferred: refused for now, to be retried)."""
+
+    readers: int
+    sent: int
+    deferred: int
+    waiting: int
+    failed: int
+    skipped: int
+
+
+def post_outcome(session: Session, post_id: int) -> Outcome:
+    """Counted in the ledger: one row per reader whose digest holds the post."""
+    rows = session.execute(
+        select(Delivery.status, Delivery.attempts, func.count())
+        .where(Delivery.digest_id.in_(_digests_holding(session, post_id)))
+        .group_by(Delivery.status, Delivery.attempts)
+    )
+    counts: dict[tuple[DeliveryStatus, bool], int] = {}
+    for status, attempts, n in rows:
+        key = (status, attempts > 0)
+        counts[key] = counts.get(key, 0) + n
+
+    def of(status: DeliveryStatus) -> int:
+        return counts.get((status, False), 0) + counts.get((status, True), 0)
+
+    queued_again = counts.get((DeliveryStatus.QUEUED, True), 0)
+    return Outcome(
+        readers=sum(counts.values()),
+        sent=of(DeliveryStatus.SENT),
+        deferred=queued_again,
+        waiting=of(DeliveryStatus.QUEUED) - queued_again + of(DeliveryStatus.SENDING),
+        failed=of(DeliveryStatus.FAILED),
+        skipped=of(DeliveryStatus.SKIPPED),
+    )
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who a post with these tags would reach now: active readers following any of
+    them whose address is not suppressed; immediate ones at once, the others in
+    their next digest."""
+
+    immediate: list[str]
+    immediate_count: int
+    in_digest: int
+
+
+def post_audience(session: Session, tag_slugs: list[str], sample: int = 50) -> Audience:
+    """The first `sample` immediate readers by address, and how many there are of each kind."""
+    from subscribers.models import Subscriber, SubscriberStatus, Suppression, subscriber_tags
+
+    follows = exists().where(
+        subscriber_tags.c.subscriber_id == Subscriber.id,
+        subscriber_tags.c.tag_id.in_(select(Tag.id).where(Tag.slug.in_(tag_slugs))),
+    )
+    reachable = (
+        Subscriber.status == SubscriberStatus.ACTIVE,
+        follows,
+        ~exists().where(Suppression.email == Subscriber.email),
+    )
+    counts: dict[Cadence, int] = dict(
+        session.execute(
+            select(Subscriber.cadence, func.count()).where(*reachable).group_by(Subscriber.cadence)
+        ).all()
+    )
+    first = session.scalars(
+        select(Subscriber.email)
+        .where(*reachable, Subscriber.cadence == Cadence.IMMEDIATE)
+        .order_by(Subscriber.email)
+        .limit(sample)
+    )
+    immediate = counts.pop(Cadence.IMMEDIATE, 0)
+    return Audience(list(first), immediate, sum(counts.values()))

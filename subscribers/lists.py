@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Callable, Iterable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
 from sqlalchemy import Table, delete, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from newsletter.db import utcnow
 from newsletter.errors import InvalidInput
@@ -35,6 +36,7 @@ from subscribers.models import (
     subscriber_tags,
 )
 from subscribers.services import normalize_email
+from subscribers.signup import Preferences
 
 # The Core table: plain executemany, without the ORM's bulk-insert bookkeeping.
 _SUBSCRIBERS = cast(Table, Subscriber.__table__)
@@ -50,7 +52,13 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # The longest cell read; Python's csv module refuses longer ones (128 KiB) itself.
 MAX_CELL_CHARS = csv.field_size_limit()
 
-Progress = Callable[[int], None]
+# Export's last column, after what import reads: the address's suppression, if any.
+SUPPRESSED_COLUMN = "suppressed"
+# How often an import reports progress while checking rows.
+PROGRESS_EVERY = 1000
+
+# (what is being done, rows done, rows in all): "checking rows" then "writing".
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -68,6 +76,8 @@ class ImportReport:
     unchanged: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
     dry_run: bool = False
+    # Addresses created as unconfirmed by a `pending` import: each is owed a confirmation.
+    pending: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -211,15 +221,25 @@ def import_csv(
     create_tags: bool = False,
     now: dt.datetime | None = None,
     on_progress: Progress | None = None,
+    pending: bool = False,
 ) -> ImportReport:
-    """Validate every row, then (unless dry_run) create or update the valid ones."""
+    """Validate every row, then (unless dry_run) create or update the valid ones.
+
+    With `pending`, new readers the file gives as active are created unconfirmed
+    (the caller mails each a confirmation: `report.pending`); readers already on the
+    list keep their status. `on_progress` hears of rows checked (in a dry run too),
+    then of rows written, counting data rows only.
+    """
     now = now or utcnow()
     report = ImportReport(dry_run=dry_run)
     known = {t.slug: t for t in session.scalars(select(Tag))}
     valid: list[_Row] = []
     seen: dict[str, int] = {}
+    total = count_rows(data) if on_progress else 0
     for line, raw in read_rows(data):
         report.rows += 1
+        if on_progress and report.rows % PROGRESS_EVERY == 0:
+            on_progress("checking rows", report.rows, total)
         try:
             row = _validate(line, raw, known, create_tags)
         except InvalidInput as exc:
@@ -233,7 +253,7 @@ def import_csv(
         seen[row.email] = line
         valid.append(row)
     if on_progress:
-        on_progress(0)
+        on_progress("checking rows", report.rows, report.rows)
 
     blocked = suppression.suppressed_among(session, seen)
     accepted: list[_Row] = []
@@ -247,6 +267,13 @@ def import_csv(
             accepted.append(row)
     report.rejected.sort(key=lambda r: r.line)
     existing = _existing(session, [r.email for r in accepted])
+    if pending:
+        for row in accepted:
+            if row.email in existing:
+                row.status = existing[row.email].status
+            elif row.status is SubscriberStatus.ACTIVE:
+                row.status = SubscriberStatus.PENDING
+                report.pending.append(row.email)
     new_rows = [r for r in accepted if r.email not in existing]
     changed = [
         (existing[r.email], r)
@@ -322,6 +349,7 @@ def _write(
     report: ImportReport,
     on_progress: Progress | None,
 ) -> None:
+    total = len(new_rows) + len(changed) + report.unchanged
     for start in range(0, len(new_rows), WRITE_CHUNK):
         chunk = new_rows[start : start + WRITE_CHUNK]
         values = [
@@ -348,7 +376,7 @@ def _write(
         )
         report.created += len(chunk)
         if on_progress:
-            on_progress(len(chunk))
+            on_progress("writing", report.created, total)
 
     for start in range(0, len(changed), WRITE_CHUNK):
         pairs = changed[start : start + WRITE_CHUNK]
@@ -367,9 +395,9 @@ def _write(
         )
         report.updated += len(pairs)
         if on_progress:
-            on_progress(len(pairs))
-    if on_progress and report.unchanged:
-        on_progress(report.unchanged)
+            on_progress("writing", report.created + report.updated, total)
+    if on_progress:
+        on_progress("writing", total, total)
     session.flush()
 
 
@@ -404,8 +432,11 @@ def _differs(subscriber: Subscriber, row: _Row) -> bool:
     )
 
 
-def export_row(subscriber: Subscriber) -> list[str | int]:
-    """One reader as an export line: import format, cells a spreadsheet would run escaped."""
+def export_row(
+    subscriber: Subscriber, suppressed: SuppressionReason | None = None
+) -> list[str | int]:
+    """One reader as an export line: import format, cells a spreadsheet would run
+    escaped, then the reason their address is suppressed (empty if it is not)."""
     return [
         escape_cell(subscriber.email),
         escape_cell(subscriber.name),
@@ -415,6 +446,7 @@ def export_row(subscriber: Subscriber) -> list[str | int]:
         subscriber.status.value,
         subscriber.send_hour,
         subscriber.send_weekday,
+        suppressed.value if suppressed else "",
     ]
 
 
@@ -426,11 +458,53 @@ def write_export(out: TextIO, subscribers: Iterable[Subscriber], *, header: bool
     """
     writer = csv.writer(out, lineterminator="\n")
     if header:
-        writer.writerow(EXPORT_COLUMNS)
+        writer.writerow((*EXPORT_COLUMNS, SUPPRESSED_COLUMN))
     count = 0
-    for subscriber in subscribers:
-        writer.writerow(export_row(subscriber))
-        count += 1
+    readers = iter(subscribers)
+    while batch := list(itertools.islice(readers, WRITE_CHUNK)):
+        session = object_session(batch[0])
+        blocked = suppression.suppressed_among(session, [s.email for s in batch]) if session else {}
+        writer.writerows(export_row(s, blocked.get(s.email)) for s in batch)
+        count += len(batch)
+    return count
+
+
+def confirmation_requests(
+    session: Session, emails: Sequence[str]
+) -> list[tuple[int, dict[str, Any]]]:
+    """(id, confirmation link payload) of each of these readers still pending, as a
+    sign-up builds it: what a `pending` import owes each new reader it created."""
+    found: list[tuple[int, dict[str, Any]]] = []
+    for start in range(0, len(emails), WRITE_CHUNK):
+        readers = session.scalars(
+            select(Subscriber)
+            .where(
+                Subscriber.email.in_(emails[start : start + WRITE_CHUNK]),
+                Subscriber.status == SubscriberStatus.PENDING,
+            )
+            .order_by(Subscriber.id)
+        )
+        for r in readers:
+            choices = Preferences(list(r.tags), r.cadence, r.timezone, r.send_hour, r.send_weekday)
+            found.append((r.id, choices.token_payload(r.uid)))
+    return found
+
+
+def write_rejects(data: bytes | str, rejected: Iterable[RejectedRow], out: TextIO) -> int:
+    """The rejected rows of an import file as CSV: its own columns as read (cells a
+    spreadsheet would run escaped), then the line and the reason. Fixed and saved, the
+    file imports again as it is: import ignores the two extra columns."""
+    reasons = {r.line: r.reason for r in rejected}
+    writer = csv.writer(out, lineterminator="\n")
+    count = 0
+    header_written = False
+    for line, row in read_rows(data):
+        if not header_written:
+            writer.writerow([*row, "line", "reason"])
+            header_written = True
+        if line in reasons:
+            writer.writerow([*(escape_cell(v) for v in row.values()), line, reasons[line]])
+            count += 1
     return count
 
 
@@ -445,6 +519,7 @@ __all__ = [
     "ImportReport",
     "RejectedRow",
     "SuppressionReason",
+    "confirmation_requests",
     "count_rows",
     "escape_cell",
     "export_csv",
@@ -453,4 +528,5 @@ __all__ = [
     "read_rows",
     "unescape_cell",
     "write_export",
+    "write_rejects",
 ]

@@ -37,7 +37,8 @@ class TestWithDatabase:
     @pytest.mark.parametrize(
         ("args", "message"),
         [
-            (["--frequency", "hourly"], "unknown cadence"),
+            (["--cadence", "hourly"], "'immediate', 'daily', 'weekly'"),
+            (["--frequency", "hourly"], "'immediate', 'daily', 'weekly'"),
             (["--timezone", "Mars/Olympus"], "unknown time zone"),
             (["--tags", "nonexistent"], "unknown tag"),
             (["--send-hour", "25"], "0-23"),
@@ -194,9 +195,9 @@ class TestWithDatabase:
     def test_remove_subscriber(self) -> None:
         run("tags", "add", "politics")
         run("subscribers", "add", "ana@example.org", "--tags", "politics")
-        assert run("subscribers", "remove", "ana@example.org")[0] == 0
+        assert run("subscribers", "remove", "ana@example.org", "--yes")[0] == 0
         assert count(Subscriber) == 0
-        code, _, err = run("subscribers", "remove", "ana@example.org")
+        code, _, err = run("subscribers", "remove", "ana@example.org", "--yes")
         assert code == 2 and "no subscriber" in err
 
 

@@ -9,7 +9,7 @@ import datetime as dt
 import functools
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -26,6 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
+from typer.core import TyperOption
 
 from newsletter import db
 from newsletter.config import describe_errors
@@ -69,18 +70,82 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_value_type = TyperOption.display_type_rich
+
+
+def _flag_type(option: TyperOption, ctx: typer.Context) -> str | None:
+    """A flag takes no value, so help names no type for it: Typer's rich help otherwise
+    prints `<bool>` beside every flag (--help included), as if it wanted an argument."""
+    if option.is_flag or option.count:
+        return None
+    return _value_type(option, ctx)
+
+
+# Once, for every command (ours and Typer's own --help and completion options).
+setattr(TyperOption, "display_type_rich", _flag_type)  # noqa: B010 (a method replaced)
+
+
 def parse_now(value: str | None) -> dt.datetime:
     from newsletter.posts import parse_datetime
 
     return parse_datetime(value, db.utcnow())
 
 
-def setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
+class _CommandLog(RichHandler):
+    """The log handler a command installs with --verbose (a later run replaces it)."""
+
+
+class _Quiet(logging.NullHandler):
+    """Without --verbose: drops every record, and keeps Python's last-resort handler
+    from printing warnings on stderr."""
+
+
+def setup(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show log lines (on stderr) as work goes on.")
+    ] = False,
+) -> None:
+    """Log lines go to stderr and only with --verbose: a command's own output (stdout, or
+    the lines it prints on stderr) is never interleaved with them."""
+    # Library warnings (SQLAlchemy's, ...) are log lines too: shown with the rest.
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _CommandLog | _Quiet)]:
+        root.removeHandler(handler)
+    if verbose:
+        root.addHandler(_CommandLog(console=err_console, show_path=False))
+        root.setLevel(logging.INFO)
+    else:
+        root.addHandler(_Quiet())
+
+
+def interactive() -> bool:
+    """Whether someone is at a terminal to answer a question."""
+    return sys.stdin.isatty()
+
+
+def confirm_or_stop(question: str, yes: bool) -> None:
+    """Ask before something that cannot be undone; --yes answers for scripts.
+
+    Without a terminal and without --yes the command refuses (exit status 2) rather
+    than guess; a "no" stops it with exit status 1 and nothing changed.
+    """
+    if yes:
+        return
+    if not interactive():
+        err_console.print(
+            f'[bold red]error:[/] no terminal to ask "{question}": nothing was changed; '
+            "add --yes to go ahead",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    if not typer.confirm(question, default=False, err=True):
+        err_console.print("nothing changed", highlight=False)
+        raise typer.Exit(1)
+
+
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking first.")]
 
 
 def count_table(
@@ -94,6 +159,16 @@ def count_table(
     for label, value in rows:
         table.add_row(label, str(value))
     return table
+
+
+def print_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Rows as aligned plain columns, one line each: what a long page needs (a rich
+    table measures and wraps every cell, seconds for a thousand rows), and what grep,
+    cut and awk read."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for line in (header, *rows):
+        text = "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        console.out(text.rstrip(), highlight=False)
 
 
 def stderr_progress(label: ProgressColumn) -> Progress:

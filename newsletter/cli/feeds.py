@@ -147,6 +147,9 @@ def feeds_list() -> None:
                 (f"error: {f.last_error}" if f.last_error else str(f.last_status or "-")),
                 f"{f.next_poll_at:%Y-%m-%d %H:%M}" if f.next_poll_at else "-",
             )
+    if not table.rows:
+        console.print("no feeds yet: `newsletter feeds add URL` adds one")
+        return
     console.print(table)
 
 

@@ -11,7 +11,10 @@ from newsletter.cli.common import console, user_errors
 
 
 @user_errors
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
     """Run the web app (subscriber pages and API)."""
     import uvicorn
 

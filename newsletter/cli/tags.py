@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from newsletter import db
-from newsletter.cli.common import console, user_errors
+from newsletter.cli.common import YesOption, confirm_or_stop, console, user_errors
 from newsletter.errors import InvalidInput
 
 app = typer.Typer(no_args_is_help=True, help="Tags readers can follow.")
@@ -47,7 +47,35 @@ def tags_list() -> None:
                 str(row.followers),
                 "yes" if row.tag.listed else "no",
             )
+    if not table.rows:
+        console.print("no tags yet: `newsletter tags add NAME` creates one")
+        return
     console.print(table)
+
+
+@app.command("remove")
+@user_errors
+def tags_remove(
+    tag: Annotated[str, typer.Argument(help="The tag's name or slug.")],
+    yes: YesOption = False,
+) -> None:
+    """Delete a tag: its posts lose it and its followers stop following it (asks first)."""
+    from newsletter.tags import feeds_adding, find_tag, tag_summary
+
+    with db.session_scope() as session:
+        found = find_tag(session, tag)
+        summary = tag_summary(session, found)
+        slug, feeds = found.slug, [f.url for f in feeds_adding(session, found)]
+    question = (
+        f"Delete the tag {slug!r}? It is on {summary.posts} posts and "
+        f"{summary.followers} readers follow it; they stop following it."
+    )
+    if feeds:
+        question += f" {len(feeds)} feed(s) add it to their posts and will bring it back."
+    confirm_or_stop(question, yes)
+    with db.session_scope() as session:
+        session.delete(find_tag(session, slug))
+    console.print(f"removed the tag {slug}", highlight=False)
 
 
 @app.command("rename")

@@ -79,6 +79,9 @@ def users_list() -> None:
                 f"{user.created_at:%Y-%m-%d %H:%M}",
                 f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never",
             )
+    if not table.rows:
+        console.print("no staff accounts yet")
+        return
     console.print(table)
 
 

@@ -562,6 +562,7 @@ def test_the_export_streams_the_filtered_readers_with_formulas_escaped(
         "status",
         "send_hour",
         "send_weekday",
+        "suppressed",
     ]
     assert [r[0] for r in rows[1:]] == [
         "ana@example.org",

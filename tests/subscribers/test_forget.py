@@ -169,7 +169,7 @@ def test_the_cli_remove_forgets_the_reader_and_keeps_the_ledger(
 ) -> None:
     make_subscriber(ANA, "climate", now=t0, name=NAME)
     make_post("climate", now=t0 + HOUR)
-    code, _, err = run("subscribers", "remove", ANA)
+    code, _, err = run("subscribers", "remove", ANA, "--yes")
     assert code == 0, err
     assert count(Subscriber) == 0 and count(Delivery) == 1
     assert rows_mentioning(ANA, NAME) == []
