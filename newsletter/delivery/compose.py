@@ -61,6 +61,8 @@ class Reader(Protocol):
     @property
     def send_hour(self) -> int: ...
     @property
+    def send_weekday(self) -> int | None: ...
+    @property
     def tags(self) -> Sequence[Named]: ...
 
 
@@ -74,6 +76,8 @@ class DigestText(Protocol):
 
 
 class Addressed(Protocol):
+    @property
+    def id(self) -> int | None: ...
     @property
     def message_id(self) -> str: ...
 
@@ -94,11 +98,8 @@ def tag_list(names: Sequence[str], most: int = 3) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _schedule(cadence: Cadence, send_hour: int, timezone: str) -> str:
-    schedule = cadence_label(cadence)
-    if cadence.value != "immediate":
-        schedule += f" at {send_hour:02d}:00 {timezone}"
-    return schedule
+def _schedule(cadence: Cadence, send_hour: int, weekday: int, timezone: str) -> str:
+    return cadence_label(cadence, send_hour, weekday, timezone)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,14 @@ def _link_signer(secret_key: str, base_url: str) -> _LinkSigner:
 def personal_values(subscriber: Reader, settings: Settings) -> dict[str, str]:
     """The per-reader text a shared digest is filled with."""
     names = [t.name for t in subscriber.tags]
-    schedule = _schedule(subscriber.cadence, subscriber.send_hour, subscriber.timezone)
+    # A reader not yet stored (a preview's) has no weekday until its default applies.
+    weekday = subscriber.send_weekday
+    schedule = _schedule(
+        subscriber.cadence,
+        subscriber.send_hour,
+        settings.default_send_weekday if weekday is None else weekday,
+        subscriber.timezone,
+    )
     current = get_settings()  # what tokens signs with
     preferences, unsubscribe = _link_signer(current.secret_key, current.public_base_url).links(
         subscriber.uid
@@ -205,7 +213,12 @@ class CompiledDigest:
     _subjects: dict[str, bytes] = field(default_factory=dict, compare=False)
 
     def copy(
-        self, to_name: str, to_address: str, message_id: str, values: Mapping[str, str]
+        self,
+        to_name: str,
+        to_address: str,
+        message_id: str,
+        values: Mapping[str, str],
+        delivery_id: int | None = None,
     ) -> OutgoingMessage:
         to, recipient, recipient_utf8 = address_line("To", to_name, to_address)
         unsubscribe = values["UNSUBSCRIBE_URL"]
@@ -236,6 +249,7 @@ class CompiledDigest:
             data=b"".join(parts),
             message_id=message_id,
             smtputf8=self.sender_utf8 or recipient_utf8,
+            delivery_id=delivery_id,
         )
 
     def _subject_line(self, values: Mapping[str, str]) -> bytes:
@@ -349,7 +363,9 @@ def message_for(
     # A CR in a value could pair with an LF after it into one line break; whole, the
     # text is normalised as one, so such a copy is built whole.
     if template is not None and not any("\r" in v for v in values.values()):
-        return template.copy(subscriber.name, subscriber.email, delivery.message_id, values)
+        return template.copy(
+            subscriber.name, subscriber.email, delivery.message_id, values, delivery.id
+        )
     return whole_message(delivery, digest, subscriber, settings, values)
 
 
@@ -373,4 +389,5 @@ def whole_message(
         html=fill(digest.html, values, escape=True),
         message_id=delivery.message_id,
         headers=digest_headers(values["UNSUBSCRIBE_URL"], settings),
+        delivery_id=delivery.id,
     )

@@ -56,6 +56,9 @@ class OutgoingMessage:
     message_id: str
     # A local part is not ASCII: only a server offering SMTPUTF8 can take it.
     smtputf8: bool = False
+    # The delivery this is a reader's copy of (None for other mail): its bounce
+    # address names it (VERP, see `verp`).
+    delivery_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +362,7 @@ def build_message(
     message_id: str,
     headers: dict[str, str] | None = None,
     date: dt.datetime | None = None,
+    delivery_id: int | None = None,
 ) -> OutgoingMessage:
     """A one-off message in the one layout (text first, HTML preferred), UTF-8 throughout.
 
@@ -384,4 +388,5 @@ def build_message(
         data=fill_layout(chunks, {}),
         message_id=message_id,
         smtputf8=sender_utf8 or recipient_utf8,
+        delivery_id=delivery_id,
     )

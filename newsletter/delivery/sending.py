@@ -49,6 +49,7 @@ from newsletter.delivery.smtp import (
     OutcomeUnknown,
     PermanentFailure,
     TemporaryFailure,
+    sealer_for,
 )
 from newsletter.errors import InvalidInput
 from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest, Tag
@@ -85,7 +86,15 @@ def smtp_transport_factory(settings: Settings | None = None) -> TransportFactory
     if not settings.smtp_url:
         raise InvalidInput("NEWSLETTER_SMTP_URL is not set: no way to send mail")
     pool = pool_for(settings.smtp_url)
-    return lambda: RelayTransport(pool, settings.smtp_data_timeout)
+    # Built (DKIM keys read) before anything is claimed or sent.
+    sealer = sealer_for(settings)
+
+    def connect() -> Transport:
+        transport = RelayTransport(pool, settings.smtp_data_timeout)
+        transport.sealer = sealer
+        return transport
+
+    return connect
 
 
 @dataclass
@@ -507,6 +516,7 @@ class _Reader:
     send_hour: int
     status: SubscriberStatus
     tags: tuple[_TagName, ...]
+    send_weekday: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,6 +594,7 @@ def _load_sendable(session: Session, claimed: list[int], report: SendReport) -> 
             Subscriber.timezone,
             Subscriber.send_hour,
             Subscriber.status,
+            Subscriber.send_weekday,
         )
         .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .where(among(Delivery.id, claimed))
@@ -619,6 +630,7 @@ def _load_sendable(session: Session, claimed: list[int], report: SendReport) -> 
                 send_hour=row[10],
                 status=row[11],
                 tags=tuple(tags[row[4]]),
+                send_weekday=row[12],
             ),
         )
         for row in rows

@@ -1,15 +1,27 @@
-"""SMTP transport: one connection per batch, and every reply sorted into its outcome."""
+"""SMTP transport: one connection per batch, and every reply sorted into its outcome.
+
+Every message, whatever built it (a digest copy, a confirmation or welcome, a console
+test copy), is sealed in `SmtpTransport.send` on its way to the wire (`Sealer`): its
+envelope sender set to the bounce address and its DKIM signatures added. The
+connections `sending.smtp_transport_factory` makes, the only ones mail is sent over,
+all carry the sealer.
+"""
 
 from __future__ import annotations
 
 import smtplib
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Self
 from urllib.parse import parse_qs, unquote
 
-from newsletter.delivery.mime import OutgoingMessage, Unsendable
+import dkim as dkimpy  # type: ignore[import-untyped]
+
+from newsletter.config import Settings
+from newsletter.delivery import verp
+from newsletter.delivery.dkim import Signer, signer_for
+from newsletter.delivery.mime import OutgoingMessage, Unsendable, wire_address
 from newsletter.errors import InvalidInput
 from newsletter.redaction import redact_url
 from newsletter.urls import split_url
@@ -56,6 +68,36 @@ class SmtpConfig:
             starttls=flag,
             timeout=timeout,
         )
+
+
+@dataclass(frozen=True)
+class Sealer:
+    """The last step of every message before the wire: the envelope sender that brings
+    its bounces back (`verp`: the delivery's token, or the bare bounce address for
+    mail that is no delivery; the From address while no bounce address is set) and
+    the DKIM signatures (none while DKIM is off)."""
+
+    settings: Settings
+    signer: Signer | None
+
+    def seal(self, message: OutgoingMessage) -> OutgoingMessage:
+        sender, utf8 = message.sender, False
+        bounce = verp.envelope_sender(self.settings, message.delivery_id)
+        if bounce is not None:
+            sender, utf8 = wire_address(bounce)
+        data = message.data
+        if self.signer is not None:
+            try:
+                data = self.signer.sign(data)
+            except dkimpy.DKIMException as exc:
+                raise Unsendable(f"cannot sign the message: {exc}") from None
+        return replace(message, sender=sender, data=data, smtputf8=message.smtputf8 or utf8)
+
+
+def sealer_for(settings: Settings) -> Sealer:
+    """The sealer the settings ask for; raises DkimKeyError for a DKIM key that cannot be
+    used, so a send stops before it starts rather than fail every message."""
+    return Sealer(settings, signer_for(settings))
 
 
 class PermanentFailure(Exception):
@@ -145,8 +187,10 @@ def _reply(raw: bytes | str) -> str:
 class SmtpTransport:
     """A context manager around one SMTP session; `send` raises one of the three outcomes."""
 
-    def __init__(self, config: SmtpConfig) -> None:
+    def __init__(self, config: SmtpConfig, sealer: Sealer | None = None) -> None:
         self.config = config
+        # None sends messages as they are built (a check of the connection alone).
+        self.sealer = sealer
         self._smtp: _SMTP | _SMTP_SSL | None = None
 
     def __enter__(self) -> Self:
@@ -204,6 +248,8 @@ class SmtpTransport:
         OutcomeUnknown or Unsendable (this message can never go through this server)."""
         if self._smtp is None:
             raise ConnectionLost("not connected")
+        if self.sealer is not None:
+            message = self.sealer.seal(message)
         options: list[str] = []
         if message.smtputf8:
             if not self._smtp.has_extn("smtputf8"):

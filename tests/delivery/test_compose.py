@@ -476,7 +476,7 @@ def test_personal_values_text(config: Settings) -> None:
     assert values["TAGS"] == "Café culture, Python"
     assert values["REASON"] == (
         "You get this email because ana@example.com subscribed to The Digest for posts "
-        "tagged Café culture, Python, daily at 08:00 Europe/Lisbon."
+        "tagged Café culture, Python, daily at 08:00 (Europe/Lisbon)."
     )
 
 

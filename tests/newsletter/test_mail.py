@@ -269,7 +269,7 @@ def test_text_part_holds_every_title_and_url(data: bytes) -> None:
     assert f"Unsubscribe: {BASE_URL}/unsubscribe/" in text
     assert f"Manage your preferences: {BASE_URL}/preferences/" in text
     assert "Hi Zoë Ångström," in text
-    assert "daily at 08:00 Europe/Paris" in text
+    assert "daily at 08:00 (Europe/Paris)" in text
 
 
 def test_crlf_in_the_subscriber_name_is_refused(settings_env: dict[str, str]) -> None:
