@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import get_settings
 from newsletter.delivery.compose import tag_list
 from newsletter.delivery.personalise import fill
+from newsletter.delivery.rendering import content_key, read_web_copy_token, without_view_link
 from newsletter.errors import NotFound
 from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest, Post, Tag, post_tags
 from newsletter.text import one_line
@@ -140,7 +141,7 @@ def fill_copy(digest: Digest, posts: Sequence[ArchivedPost]) -> WebCopy:
     values = web_values(posts)
     return WebCopy(
         subject=web_subject(digest, posts),
-        html=fill(digest.html, values, escape=True),
+        html=fill(without_view_link(digest.html), values, escape=True),
         text=fill(digest.text, values, escape=False),
     )
 
@@ -276,6 +277,30 @@ def get_digest(session: Session, digest_id: int) -> Digest:
 def summary(session: Session, digest_id: int) -> tuple[Digest, Summary]:
     digest = get_digest(session, digest_id)
     return digest, summarise(session, [digest])[0]
+
+
+# -- "view in your browser": any digest, by its signed link -------------------------
+
+
+def linked_digest(session: Session, token: str) -> tuple[Digest, Summary]:
+    """The digest a "view in your browser" link names, public archive or not.
+
+    The link names the digest's content key; an edit to one of its posts retires that
+    key (posts.py), so a digest not found by it is looked for among those holding the
+    post the link also names, by the key its own content gives.
+    """
+    post_id, key = read_web_copy_token(token)
+    digest = session.scalar(select(Digest).where(Digest.content_key == key))
+    if digest is None:
+        rows, held = _post_ids_of_digest(session)
+        holding = exists(select(1).select_from(rows).where(held == post_id))
+        candidates = session.scalars(select(Digest).where(holding).order_by(Digest.id.desc()))
+        digest = next(
+            (d for d in candidates if content_key(d.cadence, d.post_ids) == key and d.html), None
+        )
+    if digest is None or not digest.html:
+        raise NotFound("this digest is no longer available")
+    return digest, summarise(session, [digest], with_counts=False)[0]
 
 
 # -- the public archive: sent digests of listed tags only --------------------------

@@ -48,7 +48,7 @@ SUBSCRIBERS = [
 
 POSTS = [
     PostInput(
-        "Tag Archives: ResPublica — what the new council charter changes",
+        "What the new council charter changes for every district",
         "https://blog.example.org/2026/11/council-charter/",
         "ResPublica, Local Politics",
         "The charter moves budget hearings online and gives every district a citizens' panel. "

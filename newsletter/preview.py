@@ -136,7 +136,7 @@ def build_preview(
     if not posts:
         raise InvalidInput("no posts carry these tags yet: nothing to preview")
     subscriber.cadence = cadence
-    rendered = render_digest(posts, cadence)
+    rendered = render_digest(posts, cadence).with_web_url(sample_link("web-copy"))
     values = personal_values(subscriber, settings)
     if sample_links or not subscriber_email:
         values["PREFERENCES_URL"] = sample_link("preferences")

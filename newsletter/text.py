@@ -75,3 +75,24 @@ def searchable(value: str, what: str) -> str:
     if bad:
         raise InvalidInput(f"the {what} holds {bad}, which no address or name holds")
     return value
+
+
+def trim_words(value: str, max_chars: int) -> str:
+    """`value` cut at a word boundary to at most `max_chars` characters, the ellipsis
+    that says so included; a text already that short is returned as it is.
+
+    A single word longer than the limit is cut inside the word: the limit is what keeps
+    a digest under the size at which mail clients clip it.
+    """
+    value = value.strip()
+    if len(value) <= max_chars:
+        return value
+    cut = value[: max_chars - 1]
+    mid_word = not (value[max_chars - 1].isspace() or cut[-1].isspace())
+    if mid_word and any(c.isspace() for c in cut):
+        cut = cut.rsplit(None, 1)[0]
+    return (cut.rstrip(_TRAILING) or cut) + "\u2026"
+
+
+# Punctuation and dashes a cut should not leave before its ellipsis.
+_TRAILING = " \t\n,.;:!?\u2026-\u2013\u2014"

@@ -58,6 +58,11 @@ SAMPLE_LINKS = {
         "In a reader's copy this link unsubscribes that reader at once, and mail clients "
         "offer it as their unsubscribe button.",
     ),
+    "web-copy": (
+        "View in your browser",
+        "In a reader's copy this link opens the digest's web copy, which lists every post "
+        "it holds and shows nothing of the reader.",
+    ),
     "post": (
         "Sample post",
         "Sample posts show how a digest looks before the first post exists. In a real "

@@ -1,5 +1,6 @@
 """The public archive: sent digests per listed tag as web pages, with an Atom feed,
-when NEWSLETTER_PUBLIC_ARCHIVE is on (404 otherwise).
+when NEWSLETTER_PUBLIC_ARCHIVE is on (404 otherwise); and each digest's web copy
+behind the signed "view in your browser" link in it, served either way.
 
 A digest's web copy is shown in a sandboxed frame served by its own route, whose
 policy lets the email's inline styles apply and nothing run; the page around it
@@ -19,6 +20,7 @@ from markupsafe import Markup
 
 from newsletter import archive
 from newsletter.config import get_settings
+from newsletter.delivery.rendering import WEB_COPY_PATH
 from newsletter.errors import NotFound
 from newsletter.models import Tag
 from newsletter.templating import environment
@@ -50,6 +52,8 @@ public = APIRouter(include_in_schema=False, dependencies=[Depends(require_public
 
 Before = Annotated[int | None, Query(ge=1, le=MAX_DB_INT)]
 DigestId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]
+# itsdangerous's URL-safe alphabet; a web copy link's token is about 130 characters.
+WebCopyToken = Annotated[str, Path(max_length=400, pattern=r"^[A-Za-z0-9_.-]+$")]
 TagSlug = Annotated[str, Path(max_length=120)]
 
 
@@ -57,6 +61,19 @@ def copy_frame(html: str) -> HTMLResponse:
     """A web copy for its frame, its links opening in a new tab."""
     html, found = _HEAD.subn(lambda m: m.group(0) + _NEW_TAB, html, count=1)
     return framed(html if found else _NEW_TAB + html)
+
+
+def digest_with_copy(summary: archive.Summary, copy_url: str, listed: bool) -> HTMLResponse:
+    """A digest's page: its posts, each linked, above its web copy in a frame. Search
+    engines are kept off a page only a link in an email leads to (`listed` False)."""
+    return render_page(
+        "web/archive/digest.html",
+        digest=summary,
+        cadence_labels=CADENCE_LABELS,
+        copy_url=copy_url,
+        public_archive=get_settings().public_archive,
+        listed=listed,
+    )
 
 
 @router.get("/about/web-copy")
@@ -70,6 +87,21 @@ def about_links(link: Annotated[str, Query(max_length=20)] = "") -> HTMLResponse
     )
 
 
+@router.get(WEB_COPY_PATH + "/{token}")
+def web_copy_page(token: WebCopyToken, session: SessionDep) -> HTMLResponse:
+    """A digest's "view in your browser" page: every post it holds (those its email
+    counted as "N more posts" too), and the copy without anything of its reader."""
+    _, summary = archive.linked_digest(session, token)
+    return digest_with_copy(summary, f"{WEB_COPY_PATH}/{token}/copy", listed=False)
+
+
+@router.get(WEB_COPY_PATH + "/{token}/copy")
+def web_copy_frame(token: WebCopyToken, session: SessionDep) -> HTMLResponse:
+    """The web copy alone, for that page's sandboxed frame."""
+    digest, summary = archive.linked_digest(session, token)
+    return copy_frame(archive.fill_copy(digest, summary.posts).html)
+
+
 @public.get("/archive/")
 def archive_index(session: SessionDep) -> HTMLResponse:
     return render_page("web/archive/index.html", tags=archive.listed_tags(session))
@@ -78,7 +110,7 @@ def archive_index(session: SessionDep) -> HTMLResponse:
 @public.get("/archive/d/{digest_id:int}")
 def digest_page(digest_id: DigestId, session: SessionDep) -> HTMLResponse:
     _, summary = archive.public_digest(session, digest_id)
-    return render_page("web/archive/digest.html", digest=summary, cadence_labels=CADENCE_LABELS)
+    return digest_with_copy(summary, f"/archive/d/{digest_id}/copy", listed=True)
 
 
 @public.get("/archive/d/{digest_id:int}/copy")

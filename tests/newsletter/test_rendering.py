@@ -153,7 +153,7 @@ def test_css_is_inlined_but_media_queries_stay_in_a_style_block(digest: Rendered
     css = "\n".join(parsed.styles)
     # The template's own mobile rule survives in <style> (it cannot be inlined).
     assert "@media only screen and (max-width: 480px)" in css
-    assert ".post-title div" in css
+    assert ".post-title { font-size: 20px !important" in css
     # Class rules from <mj-style> are copied onto the elements as style attributes.
     chips = [a for t, a in parsed.start_tags if t == "span" and a.get("class") == "chip"]
     assert chips, "no tag chips rendered"
