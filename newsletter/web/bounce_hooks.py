@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from newsletter.bounces import intake, providers
 from newsletter.config import Settings, get_settings
 from newsletter.errors import InvalidInput
-from newsletter.web.hooks import Refused, json_body, read_body
+from newsletter.web.hooks import Refused, body_schema, json_body, read_body
 from newsletter.web.schemas import WebhookError
 from newsletter.webhooks import MAX_BODY_BYTES, SIGNATURE_HEADER, SignatureError, verify
 
@@ -91,13 +91,7 @@ async def _apply(parse: Callable[[], list[intake.BounceEvent]], source: str) -> 
         "requestBody": {
             "required": True,
             "description": "Events, signed over these exact bytes.",
-            "content": {
-                "application/json": {
-                    "schema": providers.GenericPayload.model_json_schema(
-                        ref_template="#/components/schemas/{model}"
-                    )
-                }
-            },
+            "content": {"application/json": {"schema": body_schema(providers.GenericPayload)}},
         }
     },
 )

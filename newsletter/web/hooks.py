@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from newsletter import jsonsafe
 from newsletter.config import get_settings
@@ -75,6 +75,26 @@ def json_body(request: Request, body: bytes, what: str) -> Any:
         ) from None
 
 
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema of a signed body, for the OpenAPI document, with nested models
+    written out in place: the route reads raw bytes (the signature covers them), so
+    FastAPI never registers those models as components for a reference to point at."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return dict(inline(schema))
+
+
 def _error(code: int, description: str) -> dict[str, Any]:
     return {"model": WebhookError, "description": description}
 
@@ -117,13 +137,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "requestBody": {
             "required": True,
             "description": "A post, signed over these exact bytes.",
-            "content": {
-                "application/json": {
-                    "schema": PostPayload.model_json_schema(
-                        ref_template="#/components/schemas/{model}"
-                    )
-                }
-            },
+            "content": {"application/json": {"schema": body_schema(PostPayload)}},
         }
     },
 )
