@@ -17,7 +17,7 @@ from newsletter.errors import InvalidInput
 from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest, Post, Tag
 from newsletter.sanitize import clean_html, html_to_text
 from newsletter.tags import get_or_create_tags, parse_tag_names
-from newsletter.text import first_unsafe_char, one_line
+from newsletter.text import first_unsafe_char, one_line, trim_words
 from newsletter.urls import split_url
 
 TITLE_LENGTH = 500
@@ -118,7 +118,7 @@ def check_post(data: PostInput) -> CheckedPost:
         tag_names=tag_names,
         published_at=published_at,
         body_html=body_html,
-        summary=_shorten(summary, SUMMARY_LENGTH),
+        summary=trim_words(summary, SUMMARY_LENGTH),
         author=author or None,
     )
 
@@ -310,13 +310,6 @@ def post_reach(session: Session, post_id: int) -> Reach:
         waiting=waiting,
         failed=counts.get(DeliveryStatus.FAILED, 0) + counts.get(DeliveryStatus.SKIPPED, 0),
     )
-
-
-def _shorten(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    cut = text[:limit].rsplit(" ", 1)[0]
-    return cut.rstrip(",.;:") + "\u2026"
 
 
 def recent_posts(session: Session, limit: int = 50) -> list[Post]:

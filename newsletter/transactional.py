@@ -22,22 +22,12 @@ from newsletter.delivery.rendering import render_email
 from newsletter.delivery.sending import TransportFactory, smtp_transport_factory
 from newsletter.models import Tag
 from subscribers import suppression
-from subscribers.cadence import WEEKDAYS
+from subscribers.cadence import schedule_text
 from subscribers.models import Subscriber
 
 log = logging.getLogger(__name__)
 
 KINDS = frozenset({"confirm", "welcome", "already_subscribed"})
-
-
-def schedule_text(cadence: str, hour: int, weekday: int, timezone: str) -> str:
-    """'daily at 08:00 (Europe/Lisbon)', as a reader would say it."""
-    if cadence == "immediate":
-        return "as soon as they are published"
-    when = f"at {hour:02d}:00 ({timezone})"
-    if cadence == "weekly":
-        return f"weekly on {WEEKDAYS[weekday].capitalize()} {when}"
-    return f"daily {when}"
 
 
 def _context(

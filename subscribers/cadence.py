@@ -12,6 +12,18 @@ from newsletter.models import Cadence
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 
 
+def schedule_text(cadence: Cadence | str, hour: int, weekday: int, timezone: str) -> str:
+    """When a reader gets mail, as the emails and pages say it: "as soon as they are
+    published", "daily at 08:00 (Europe/Lisbon)", "weekly on Mondays at 08:00 (UTC)"."""
+    cadence = Cadence(cadence)
+    if cadence is Cadence.IMMEDIATE:
+        return "as soon as they are published"
+    when = f"at {hour:02d}:00 ({timezone})"
+    if cadence is Cadence.WEEKLY:
+        return f"weekly on {WEEKDAYS[weekday % 7].capitalize()}s {when}"
+    return f"daily {when}"
+
+
 def parse_cadence(value: str | Cadence) -> Cadence:
     try:
         return Cadence(str(value).strip().lower())

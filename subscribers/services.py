@@ -25,7 +25,6 @@ from newsletter.tags import existing_tags, parse_tag_names
 from newsletter.text import has_line_break, one_line
 from subscribers import suppression
 from subscribers.cadence import (
-    WEEKDAYS,
     next_slot,
     parse_cadence,
     parse_hour,
@@ -514,19 +513,6 @@ def count_active(session: Session) -> int:
     return int(session.scalar(query) or 0)
 
 
-def cadence_label(
-    cadence: Cadence, send_hour: int = 8, weekday: int = 0, timezone: str = "UTC"
-) -> str:
-    """When a reader gets digests, as a footer says it: "as soon as posts appear",
-    "daily at 08:00 (Europe/Lisbon)", "weekly on Mondays at 08:00 (Europe/Lisbon)"."""
-    if cadence is Cadence.IMMEDIATE:
-        return "as soon as posts appear"
-    when = f"at {send_hour:02d}:00 ({timezone})"
-    if cadence is Cadence.WEEKLY:
-        return f"weekly on {WEEKDAYS[weekday % 7].capitalize()}s {when}"
-    return f"daily {when}"
-
-
 def by_uid(session: Session, uid: str) -> Subscriber:
     subscriber = session.scalar(select(Subscriber).where(Subscriber.uid == uid))
     if subscriber is None:
@@ -585,16 +571,31 @@ class ReaderDetails:
 def reader_details(session: Session, email: str, deliveries: int = 10) -> ReaderDetails:
     """One reader by address (NotFound if none), with their last `deliveries` rows."""
     subscriber = get_by_email(session, email)
-    rows = session.execute(
-        select(Delivery, Digest.subject)
-        .join(Digest, Digest.id == Delivery.digest_id)
-        .where(Delivery.subscriber_id == subscriber.id)
-        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
-        .limit(deliveries)
-    )
+    newest = last_deliveries(session, subscriber, deliveries)
     return ReaderDetails(
         subscriber=subscriber,
         tags=followed_tags(session, subscriber),
         suppression=suppression.find(session, subscriber.email),
-        deliveries=[(delivery, subject) for delivery, subject in rows],
+        deliveries=[(d.delivery, d.subject) for d in newest],
     )
+
+
+@dataclass(frozen=True)
+class SentDigest:
+    delivery: Delivery
+    subject: str
+    cadence: Cadence
+
+
+def last_deliveries(session: Session, subscriber: Subscriber, limit: int) -> list[SentDigest]:
+    """A reader's newest deliveries with their digest's subject and cadence (not its
+    bodies, which are tens of kilobytes each): the console's reader page and
+    `subscribers show`."""
+    rows = session.execute(
+        select(Delivery, Digest.subject, Digest.cadence)
+        .join(Digest, Digest.id == Delivery.digest_id)
+        .where(Delivery.subscriber_id == subscriber.id)
+        .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+        .limit(limit)
+    )
+    return [SentDigest(delivery, subject, cadence) for delivery, subject, cadence in rows]

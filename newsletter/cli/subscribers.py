@@ -138,7 +138,7 @@ def subscribers_show(
     ] = 10,
 ) -> None:
     """One reader: their settings, tags, suppression and last deliveries with SMTP replies."""
-    from newsletter.transactional import schedule_text
+    from subscribers.cadence import schedule_text
     from subscribers.services import reader_details
 
     with db.session_scope() as session:

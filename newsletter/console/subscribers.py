@@ -24,7 +24,7 @@ from newsletter.console.security import AdminDep, ConsoleRoute, CsrfDep, Staff, 
 from newsletter.console.views import list_url, page, see_other
 from newsletter.db import session_scope
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.models import Cadence, Delivery, Digest, Tag
+from newsletter.models import Cadence, Delivery, Tag
 from newsletter.text import one_line
 from subscribers import suppression
 from subscribers.cadence import WEEKDAYS, zone_names
@@ -37,6 +37,7 @@ from subscribers.services import (
     editable_values,
     followed_tags,
     forget_subscriber,
+    last_deliveries,
     update_subscriber,
 )
 
@@ -111,13 +112,9 @@ def subscriber_page(
     with session_scope() as session:
         subscriber = _reader(session, subscriber_id)
         follows = followed_tags(session, subscriber)
-        deliveries = session.execute(
-            select(Delivery, Digest.cadence)
-            .join(Digest, Digest.id == Delivery.digest_id)
-            .where(Delivery.subscriber_id == subscriber.id)
-            .order_by(Delivery.created_at.desc(), Delivery.id.desc())
-            .limit(DELIVERIES_SHOWN)
-        ).all()
+        deliveries = [
+            (d.delivery, d.cadence) for d in last_deliveries(session, subscriber, DELIVERIES_SHOWN)
+        ]
         return page(
             "subscriber.html",
             staff,

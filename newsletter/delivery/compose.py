@@ -37,7 +37,7 @@ from newsletter.delivery.mime import (
 from newsletter.delivery.personalise import fill, split
 from newsletter.models import Cadence
 from newsletter.text import one_line, strip_bidi
-from subscribers.services import cadence_label
+from subscribers.cadence import schedule_text
 
 
 class Named(Protocol):
@@ -99,7 +99,7 @@ def tag_list(names: Sequence[str], most: int = 3) -> str:
 
 @lru_cache(maxsize=1024)
 def _schedule(cadence: Cadence, send_hour: int, weekday: int, timezone: str) -> str:
-    return cadence_label(cadence, send_hour, weekday, timezone)
+    return schedule_text(cadence, send_hour, weekday, timezone)
 
 
 @dataclass(frozen=True)

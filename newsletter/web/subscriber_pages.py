@@ -28,11 +28,11 @@ from newsletter.dispatch import send_task, tasks_run_in_process
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.models import Cadence, Tag
 from newsletter.tags import offered_tags
-from newsletter.transactional import schedule_text, send_transactional
+from newsletter.transactional import send_transactional
 from newsletter.web.deps import SessionDep, client_ip
 from newsletter.web.rendering import render_page
 from subscribers import services, signup, suppression
-from subscribers.cadence import WEEKDAYS, next_slot, whole_number, zone_names
+from subscribers.cadence import WEEKDAYS, next_slot, schedule_text, whole_number, zone_names
 from subscribers.models import Subscriber, SubscriberStatus, SuppressionReason
 
 router = APIRouter(include_in_schema=False)

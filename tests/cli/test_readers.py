@@ -93,7 +93,7 @@ def test_edit_changes_each_field_and_refuses_bad_values() -> None:
     assert code == 0, err
     assert "cadence immediate -> weekly" in out and "tags politics -> health" in out
     code, out, _ = run("subscribers", "show", "ana@example.org")
-    assert "weekly on Friday at 07:00 (Europe/Lisbon)" in out
+    assert "weekly on Fridays at 07:00 (Europe/Lisbon)" in out
     code, _, err = run("subscribers", "edit", "ana@example.org", "--timezone", "Mars/Olympus")
     assert code == 2 and "unknown time zone" in err
     code, _, err = run("subscribers", "edit", "ana@example.org", "--cadence", "hourly")

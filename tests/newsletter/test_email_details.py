@@ -111,7 +111,7 @@ def test_a_post_without_a_summary_shows_the_start_of_its_body(
         (Cadence.WEEKLY, 4, "weekly on Fridays at 09:00 (Asia/Tokyo)"),
         (Cadence.WEEKLY, 6, "weekly on Sundays at 09:00 (Asia/Tokyo)"),
         (Cadence.DAILY, 4, "daily at 09:00 (Asia/Tokyo)"),
-        (Cadence.IMMEDIATE, 4, "as soon as posts appear"),
+        (Cadence.IMMEDIATE, 4, "as soon as they are published"),
     ],
 )
 def test_the_footer_says_when_digests_come(
