@@ -210,7 +210,7 @@ class Settings(BaseSettings):
     digest_max_posts: int = Field(15, ge=1, le=200)
     # A post's summary (or the start of its body) in a digest is trimmed at a word to
     # this many characters, ellipsis included. A summary is stored at 400 characters
-    # and an ellipsis at most (posts.py), so by default none is cut a second time.
+    # at most (posts.py), so by default only a body's start is cut here.
     summary_max_chars: int = Field(420, ge=50, le=5000)
     # The blog itself: the site name links here in pages and emails. Blank: base_url.
     site_url: str | None = None
