@@ -27,6 +27,7 @@ from newsletter.bounces.models import BounceRecord
 from newsletter.config import Settings
 from newsletter.errors import InvalidInput
 from newsletter.models import Delivery
+from newsletter.text import one_line
 from subscribers import suppression
 from subscribers.models import Subscriber, SuppressionReason
 from subscribers.services import normalize_email, unsubscribe
@@ -110,6 +111,10 @@ def _apply_one(
         received_at=now,
     )
     session.add(record)
+    if delivery is not None:
+        # On the delivery too, where its SMTP reply is read (console, `subscribers show`):
+        # the message was accepted, then came back.
+        delivery.last_error = f"{label} after sending: {one_line(event.diagnostic, 1000)}"
     actor = f"{label} ({event.source} via {via})"[:320]
     if email is None or (delivery is None and reader is None):
         record.outcome = "nothing: names no reader here"

@@ -91,6 +91,10 @@ def test_a_dsn_a_day_later_suppresses_the_reader_and_lands_on_the_delivery(
         assert row.detail is not None and "User unknown in virtual" in row.detail
         [record] = records.for_delivery(session, delivery.id)
         assert record.subscriber_id == delivery.subscriber_id and record.via == "cli"
+        sent = session.get(Delivery, delivery.id)
+        assert sent is not None and sent.status is DeliveryStatus.SENT
+        assert sent.last_error is not None
+        assert sent.last_error.startswith("hard bounce after sending: ")
         assert "Diagnostic-Code: smtp; 550 5.1.1 <ana@example.net>" in record.diagnostic
     # Piped again (the MTA retried): exit 0, counted once.
     code, out, _ = ingest(report_about("postfix-hard.eml", delivery))
