@@ -37,6 +37,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     Select,
     and_,
     case,
@@ -54,7 +55,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
 from newsletter.db import UTCDateTime, get_engine, session_scope, utcnow
-from newsletter.delivery.ledger import Promise, id_slice, write_promises
+from newsletter.delivery.ledger import Promise, id_slice, pg_array, write_promises
 from newsletter.delivery.rendering import content_key, render_digest
 from newsletter.models import (
     Cadence,
@@ -455,6 +456,9 @@ def _move_on(
         weekday = reader.send_weekday if reader.cadence is Cadence.WEEKLY else 0
         slots[(reader.cadence, reader.timezone, reader.send_hour, weekday)].append(reader)
     quiet = {"synchronize_session": False}
+    if slots and session.get_bind().dialect.name == "postgresql":
+        _move_on_at_once(session, slots, now, stamp)
+        slots = {}
     # Readers come in id order and groups go in the order of their first reader: two
     # planners on the same readers lock rows in the same order, so neither deadlocks.
     for (cadence, timezone, hour, weekday), members in slots.items():
@@ -487,6 +491,48 @@ def _move_on(
             .values(planned_through=stamp)
             .execution_options(**quiet)
         )
+
+
+def _move_on_at_once(
+    session: Session,
+    slots: dict[tuple[Cadence, str, int, int], list[_Reader]],
+    now: dt.datetime,
+    stamp: dt.datetime,
+) -> None:
+    """`_move_on` for PostgreSQL: each group's slot is still computed once, but all
+    groups are written by one UPDATE over arrays. A chunk of readers at a few hours in
+    a few zones, weekly ones on seven weekdays, makes a couple of hundred groups of a
+    handful of readers each, and one statement per group was half of planning's time
+    (measured at 200,000 readers). Two planners on the same readers may lock them in
+    another order here; a deadlock rolls the chunk back and it is planned again."""
+    ids: list[int] = []
+    when: list[str] = []
+    kept: list[int] = []
+    for (cadence, timezone, hour, weekday), members in slots.items():
+        slot = next_slot(cadence, timezone, hour, weekday, now)
+        assert slot is not None  # daily and weekly readers only: they have a next slot
+        for reader in members:
+            ids.append(reader.id)
+            when.append(slot.isoformat())
+            kept.append(1 if reader.blocked else 0)
+    rows = (
+        func.unnest(pg_array(ids), pg_array(when, DateTime(timezone=True)), pg_array(kept))
+        .table_valued("id", "slot", "blocked")
+        .render_derived(name="moved")
+    )
+    session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == rows.c.id)
+        .values(
+            next_digest_at=rows.c.slot,
+            # Nothing was decided for a suppressed reader: their bound stays.
+            planned_through=case(
+                (rows.c.blocked == 1, Subscriber.planned_through),
+                else_=literal(stamp, UTCDateTime()),
+            ),
+        )
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _plan_chunk(

@@ -28,6 +28,7 @@ from newsletter.delivery import pipeline, planning
 from newsletter.models import Delivery, DeliveryPost, Digest, Post
 from newsletter.posts import SOURCE_BACKLOG, PostInput, add_post, hold_post
 from newsletter.tags import find_tag
+from subscribers.cadence import next_slot
 from subscribers.models import Subscriber, SuppressionReason, subscriber_tags
 from subscribers.signup import set_paused
 from subscribers.suppression import suppress
@@ -265,3 +266,35 @@ def test_run_due_hands_batches_to_workers_as_chunks_come(
     assert [len(batch) for _, batch in sent] == [2, 1, 2, 1, 1]
     assert {name for name, _ in sent} == {"send_batch"} and summary.batches == 5
     assert dict(summary.rows())["deliveries planned"] == 7
+
+
+@pytest.mark.usefixtures("no_tasks")
+def test_every_slot_group_moves_on_and_a_suppressed_reader_keeps_its_bound(
+    t0: dt.datetime,
+) -> None:
+    """Readers in many (cadence, zone, hour, weekday) groups, written by one statement
+    on PostgreSQL and one per group on SQLite: each gets its own next slot, and a
+    suppressed reader's planned_through stays (nothing was decided for them)."""
+    zones = ["UTC", "Asia/Tokyo", "America/New_York"]
+    for n in range(12):
+        make_subscriber(
+            f"w{n}@example.org", "politics", "weekly", t0, zones[n % 3], 6 + n % 4, n % 7
+        )
+        make_subscriber(f"d{n}@example.org", "politics", "daily", t0, zones[n % 3], 6 + n % 4)
+    with session_scope() as session:
+        suppress(session, "d0@example.org", SuppressionReason.MANUAL, "test", actor="test")
+        session.execute(update(Subscriber).values(next_digest_at=t0 + HOUR))
+    make_post("politics", t0 + HOUR)
+    when = t0 + DAY
+    report = planning.plan_due(when)
+    assert report.planned == 23
+    with session_scope() as session:
+        for reader in session.scalars(select(Subscriber)):
+            expected = next_slot(
+                reader.cadence, reader.timezone, reader.send_hour, reader.send_weekday, when
+            )
+            assert reader.next_digest_at == expected, reader.email
+            if reader.email == "d0@example.org":
+                assert reader.planned_through is None
+            else:
+                assert reader.planned_through is not None
