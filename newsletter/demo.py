@@ -134,8 +134,8 @@ def run_demo(directory: Path, console: Console) -> None:
         first = run_due(later)
         again = run_due(later)
     console.print(
-        f"planner at {later:%Y-%m-%d %H:%M} UTC: {len(first.plan.deliveries)} digests, "
-        f"{first.plan.digests_rendered} rendered; run again: {len(again.plan.deliveries)} more"
+        f"planner at {later:%Y-%m-%d %H:%M} UTC: {first.plan.planned} digests, "
+        f"{first.plan.digests_rendered} rendered; run again: {again.plan.planned} more"
     )
     _print_summary(console, outbox)
 

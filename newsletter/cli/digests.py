@@ -21,54 +21,9 @@ from newsletter.errors import InvalidInput
 from newsletter.models import Cadence
 
 if TYPE_CHECKING:
-    from newsletter.delivery.pipeline import RunSummary
+    pass
 
 app = typer.Typer(no_args_is_help=True, help="Planning and sending digests.")
-
-# Why readers or emails were left out, as an operator would say it.
-_REASONS = {
-    "suppressed": "their address is suppressed",
-    "nothing_new": "nothing new for them",
-    "only_failed_posts": "their only new posts could not be rendered",
-    "post_missing": "the post was deleted first",
-    "subscriber_deleted": "the reader was deleted",
-    "subscriber_paused": "the reader paused",
-    "subscriber_unsubscribed": "the reader unsubscribed",
-    "subscriber_pending": "the reader has not confirmed",
-    "taken_over": "another sender took them over",
-}
-
-
-def _plain(reason: str) -> str:
-    return _REASONS.get(reason, reason.replace("_", " "))
-
-
-def plain_summary(summary: RunSummary) -> list[tuple[str, int]]:
-    """The run in plain words; reasons for skipping appear only when they happened."""
-    plan, send = summary.plan, summary.send
-    rows = [
-        ("subscribers due", plan.subscribers),
-        ("posts planned late (missed by an earlier run)", plan.posts_swept),
-        ("digests written", plan.digests_rendered),
-        ("readers given a digest already written for the same posts", plan.digests_reused),
-        ("deliveries planned", plan.planned),
-        ("deliveries resumed after an interrupted run", summary.stranded),
-        ("sent", send.sent),
-        ("sent, but the mail server never confirmed it", send.unknown),
-        ("deferred (tried again later)", len(send.deferred)),
-        ("failed", send.failed),
-        ("posts that could not be rendered", len(plan.failed_posts)),
-        ("readers whose digest could not be rendered", plan.failed_deliveries),
-        ("planning errors", plan.planning_errors),
-        ("unconfirmed sign-ups expired", summary.expired_signups),
-    ]
-    rows += [(f"readers skipped: {_plain(r)}", n) for r, n in sorted(plan.skipped.items())]
-    rows += [
-        (f"not sent: {_plain(r)}", n)
-        for r, n in sorted(send.skipped.items())
-        if r != "not_claimable"
-    ]
-    return rows
 
 
 @app.command("run")
@@ -92,7 +47,7 @@ def digests_run(
 
         summary = run_due(instant, on_total=on_total, on_progress=on_progress)
     title = f"digests run at {instant:%Y-%m-%d %H:%M} UTC"
-    console.print(count_table(plain_summary(summary), title))
+    console.print(count_table(summary.rows(), title))
     # Failures are reported, not fatal: everything else went out, so the exit status stays 0.
     for failure in summary.plan.failures:
         err_console.print(f"[bold red]failed:[/] {failure}", highlight=False, soft_wrap=True)

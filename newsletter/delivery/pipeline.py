@@ -21,29 +21,52 @@ class RunSummary:
     expired_signups: int = 0
 
     def rows(self) -> list[tuple[str, int]]:
+        """The run in plain words (the CLI's summary, the worker task's result); reasons
+        for skipping appear only when they happened."""
+        plan, send = self.plan, self.send
         rows = [
-            ("subscribers due", self.plan.subscribers),
-            ("posts swept up", self.plan.posts_swept),
-            ("digests rendered", self.plan.digests_rendered),
-            ("digests reused", self.plan.digests_reused),
-            ("deliveries planned", self.plan.planned),
-            ("posts that could not be rendered", len(self.plan.failed_posts)),
-            ("readers whose digest could not be rendered", self.plan.failed_deliveries),
-            ("planning errors", self.plan.planning_errors),
-            ("deliveries picked up again", self.stranded),
-            ("sent", self.send.sent),
-            ("failed", self.send.failed),
-            ("sent, but the server's answer never came", self.send.unknown),
-            ("deferred for retry", len(self.send.deferred)),
+            ("subscribers due", plan.subscribers),
+            ("posts planned late (missed by an earlier run)", plan.posts_swept),
+            ("digests written", plan.digests_rendered),
+            ("readers given a digest already written for the same posts", plan.digests_reused),
+            ("deliveries planned", plan.planned),
+            ("deliveries resumed after an interrupted run", self.stranded),
+            ("sent", send.sent),
+            ("sent, but the mail server never confirmed it", send.unknown),
+            ("deferred (tried again later)", len(send.deferred)),
+            ("failed", send.failed),
+            ("posts that could not be rendered", len(plan.failed_posts)),
+            ("readers whose digest could not be rendered", plan.failed_deliveries),
+            ("planning errors", plan.planning_errors),
             ("unconfirmed sign-ups expired", self.expired_signups),
         ]
-        rows += [(f"skipped: {reason}", n) for reason, n in sorted(self.plan.skipped.items())]
         rows += [
-            (f"not sent: {reason}", n)
-            for reason, n in sorted(self.send.skipped.items())
-            if reason != "not_claimable"
+            (f"readers skipped: {plain_reason(r)}", n) for r, n in sorted(plan.skipped.items())
+        ]
+        rows += [
+            (f"not sent: {plain_reason(r)}", n)
+            for r, n in sorted(send.skipped.items())
+            if r != "not_claimable"
         ]
         return rows
+
+
+# Why readers or emails were left out, as an operator would say it.
+_REASONS = {
+    "suppressed": "their address is suppressed",
+    "nothing_new": "nothing new for them",
+    "only_failed_posts": "their only new posts could not be rendered",
+    "post_missing": "the post was deleted first",
+    "subscriber_deleted": "the reader was deleted",
+    "subscriber_paused": "the reader paused",
+    "subscriber_unsubscribed": "the reader unsubscribed",
+    "subscriber_pending": "the reader has not confirmed",
+    "taken_over": "another sender took them over",
+}
+
+
+def plain_reason(reason: str) -> str:
+    return _REASONS.get(reason, reason.replace("_", " "))
 
 
 def dispatch(delivery_ids: Sequence[int]) -> int:
@@ -62,28 +85,38 @@ def run_due(
 ) -> RunSummary:
     """Plan what is due at `now`, pick up lost work, and send it (or hand it to workers).
 
-    With workers, each chunk's deliveries go to send tasks as soon as the chunk is
-    committed, so sending starts while planning goes on and no list of every delivery
-    is held; in process, planning ends before sending starts.
+    Each chunk's deliveries go out as soon as the chunk is committed, to send tasks
+    or (in process) sent right away, so sending starts while planning goes on and no
+    list of every delivery is held. `on_total` is told the deliveries known so far
+    each time more are planned.
     """
     if not tasks_run_in_process():
         return _hand_to_workers(now, on_total)
     transport_factory = sending.smtp_transport_factory()
-    summary = RunSummary(plan=planning.plan_due(now))
+    summary = RunSummary()
+    known = 0
+
+    def send_now(delivery_ids: list[int]) -> None:
+        nonlocal known
+        known += len(delivery_ids)
+        if on_total and delivery_ids:
+            on_total(known)
+        for batch in planning.batches(delivery_ids):
+            summary.batches += 1
+            summary.send.merge(
+                sending.send_batch(
+                    batch, now, transport_factory=transport_factory, on_progress=on_progress
+                )
+            )
+
+    # Lost work is looked for before planning, so none of this run's own deliveries
+    # is taken for lost.
+    stranded = planning.stranded_deliveries(now)
+    summary.plan = planning.plan_due(now, on_chunk=send_now)
     with session_scope() as session:
         summary.expired_signups = expire_pending(session, now)
-    stranded = set(planning.stranded_deliveries(now)) - set(summary.plan.deliveries)
     summary.stranded = len(stranded)
-    batches = planning.batches(sorted(set(summary.plan.deliveries) | stranded))
-    summary.batches = len(batches)
-    if on_total:
-        on_total(sum(len(b) for b in batches))
-    for batch in batches:
-        summary.send.merge(
-            sending.send_batch(
-                batch, now, transport_factory=transport_factory, on_progress=on_progress
-            )
-        )
+    send_now(stranded)
     return summary
 
 

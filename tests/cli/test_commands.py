@@ -79,13 +79,12 @@ def test_digests_run_speaks_plainly(smtp: ScriptedHandler) -> None:
 
 
 def test_skip_reasons_read_as_words() -> None:
-    from newsletter.cli.digests import plain_summary
     from newsletter.delivery.pipeline import RunSummary
 
     summary = RunSummary()
     summary.plan.skipped.update(nothing_new=2, suppressed=1)
     summary.send.skipped.update(subscriber_paused=1, not_claimable=4)
-    labels = dict(plain_summary(summary))
+    labels = dict(summary.rows())
     assert labels["readers skipped: nothing new for them"] == 2
     assert labels["readers skipped: their address is suppressed"] == 1
     assert labels["not sent: the reader paused"] == 1
