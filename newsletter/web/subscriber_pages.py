@@ -17,22 +17,29 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import timezones, tokens
+from newsletter import tokens
 from newsletter.config import get_settings
 from newsletter.db import session_scope, utcnow
 from newsletter.dispatch import send_task, tasks_run_in_process
 from newsletter.errors import InvalidInput, NotFound
 from newsletter.models import Cadence, Tag
-from newsletter.tags import offered_tags
 from newsletter.transactional import send_transactional
 from newsletter.web.deps import SessionDep, client_ip
+from newsletter.web.reader_forms import (
+    PreferencesForm,
+    SubscribeForm,
+    back_to_form,
+    choices_context,
+    forget_form,
+    see_other,
+    typed_form,
+)
 from newsletter.web.rendering import render_page
 from subscribers import services, signup, suppression
-from subscribers.cadence import WEEKDAYS, next_slot, schedule_text, whole_number, zone_names
+from subscribers.cadence import next_slot, schedule_text
 from subscribers.models import Subscriber, SubscriberStatus, SuppressionReason
 
 router = APIRouter(include_in_schema=False)
@@ -85,13 +92,6 @@ def answer_signup_after_response(address: str, choices: dict[str, Any], allowed:
         _send_mail("already_subscribed", result.subscriber_id, {})
 
 
-# The fields of the reader forms, in page order: the first one with a mistake gets focus.
-FIELD_ORDER = ("email", "name", "tags", "cadence", "timezone", "send_hour", "send_weekday")
-CADENCES = [
-    ("immediate", "As soon as a post is published"),
-    ("daily", "A daily digest"),
-    ("weekly", "A weekly digest"),
-]
 # What a finished POST says on the page it redirects to, by the key in `?done=`.
 DONE = {
     "saved": "Your preferences are saved.",
@@ -102,118 +102,6 @@ DONE = {
 }
 # How long the undo on the "you are unsubscribed" page works.
 UNDO_DAYS = 7
-
-
-def _see_other(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303)
-
-
-FORM_COOKIE = "reader_form"
-FORM_COOKIE_SECONDS = 600
-# A browser keeps cookies up to 4 KB; a form too big for one is answered in place.
-FORM_COOKIE_MAX = 3500
-
-
-def _back_to_form(request: Request, path: str, values: dict[str, Any]) -> RedirectResponse | None:
-    """A 303 to the form's page carrying what was typed, or None if it cannot fit."""
-    token = tokens.make_token("form", {"u": path, "v": values})
-    if len(token) > FORM_COOKIE_MAX:
-        return None
-    response = _see_other(path)
-    response.set_cookie(
-        FORM_COOKIE, token, max_age=FORM_COOKIE_SECONDS, path=path, httponly=True,
-        samesite="lax", secure=request.url.scheme == "https",
-    )  # fmt: skip
-    return response
-
-
-def _typed_form(request: Request, path: str) -> dict[str, Any] | None:
-    """What was typed into this page's form before its redirect, if anything."""
-    token = request.cookies.get(FORM_COOKIE)
-    if not token:
-        return None
-    try:
-        data = tokens.read_data("form", token, max_age=FORM_COOKIE_SECONDS)
-    except InvalidInput:
-        return None
-    values = data.get("v")
-    return values if data["u"] == path and isinstance(values, dict) else None
-
-
-def _forget_form(response: Response, path: str) -> Response:
-    response.delete_cookie(FORM_COOKIE, path=path)
-    return response
-
-
-def _choices_context(
-    session: SessionDep, chosen: dict[str, Any], errors: dict[str, str] | None = None
-) -> dict[str, Any]:
-    settings = get_settings()
-    defaults = {
-        "email": "",
-        "name": "",
-        "tags": [],
-        "cadence": "weekly",
-        "timezone": "UTC",
-        "send_hour": settings.default_send_hour,
-        "send_weekday": settings.default_send_weekday,
-    }
-    picked = {**defaults, **{k: v for k, v in chosen.items() if v not in (None, "")}}
-    zone = str(picked["timezone"])
-    # A name that is no zone at all (a forged form) shows the list at UTC.
-    picked["timezone"] = timezones.canonical(zone) if zone in zone_names() else timezones.UTC
-    errors = errors or {}
-    return {
-        "all_tags": offered_tags(session, chosen.get("tags") or []),
-        "zone_regions": timezones.regions(),
-        # Old names, for the search box and the browser's guess ("Asia/Calcutta").
-        "zone_aliases": timezones.old_names(),
-        # A zone that is no longer offered (typed before the list existed) stays choosable.
-        "odd_zone": None if picked["timezone"] in timezones.canonical_names() else zone,
-        "cadences": CADENCES,
-        "weekdays": WEEKDAYS,
-        "chosen": picked,
-        "errors": errors,
-        "first_error": next((f for f in FIELD_ORDER if f in errors), None),
-    }
-
-
-def _int_or_none(value: str | None) -> int | None:
-    return whole_number(value) if value is not None else None
-
-
-class ChoicesForm(BaseModel):
-    """The fields of `_choices.html`, as sign-up and preferences both post them."""
-
-    name: str = ""
-    tags: list[str] = []
-    cadence: str = "weekly"
-    timezone: str = "UTC"
-    send_hour: str | None = None
-    send_weekday: str | None = None
-
-    def preferences(self, session: SessionDep) -> signup.Preferences:
-        """The validated choices; FieldErrors names every bad field at once."""
-        return signup.check_preferences(
-            session, self.tags, self.cadence, self.timezone,
-            self.send_hour, self.send_weekday, self.name,
-        )  # fmt: skip
-
-    def chosen(self) -> dict[str, Any]:
-        """What to show again in the form after an error."""
-        return {
-            **self.model_dump(),
-            "send_hour": _int_or_none(self.send_hour),
-            "send_weekday": _int_or_none(self.send_weekday),
-        }
-
-
-class SubscribeForm(ChoicesForm):
-    email: str = ""
-
-
-class PreferencesForm(ChoicesForm):
-    action: str = "save"
 
 
 def _dead_link(kind: str, exc: Exception) -> HTMLResponse:
@@ -252,7 +140,7 @@ def _dead_link(kind: str, exc: Exception) -> HTMLResponse:
 @router.get("/")
 def home() -> RedirectResponse:
     """The app's root is the sign-up page (the blog itself lives at `site_url`)."""
-    return _see_other("/subscribe")
+    return see_other("/subscribe")
 
 
 def _signup_errors(
@@ -276,21 +164,21 @@ def _subscribe_form(
 ) -> HTMLResponse:
     return render_page(
         "web/subscribe.html", status_code=400 if errors else 200, guess_zone=form is None,
-        **_choices_context(session, form.chosen() if form else {}, errors),
+        **choices_context(session, form.chosen() if form else {}, errors),
     )  # fmt: skip
 
 
 @router.get("/subscribe", response_class=HTMLResponse)
 def subscribe_page(request: Request, session: SessionDep) -> Response:
-    typed = _typed_form(request, "/subscribe")
+    typed = typed_form(request, "/subscribe")
     if typed is None:
         return _subscribe_form(session, None, {})
     try:
         form = SubscribeForm.model_validate(typed)
     except ValueError:
-        return _forget_form(_subscribe_form(session, None, {}), "/subscribe")
+        return forget_form(_subscribe_form(session, None, {}), "/subscribe")
     errors, _ = _signup_errors(session, form)
-    return _forget_form(_subscribe_form(session, form, errors), "/subscribe")
+    return forget_form(_subscribe_form(session, form, errors), "/subscribe")
 
 
 @router.post("/subscribe", response_model=None)
@@ -305,7 +193,7 @@ def subscribe(
     themselves, on the confirmation page."""
     errors, prefs = _signup_errors(session, form)
     if errors or prefs is None:
-        back = _back_to_form(request, "/subscribe", form.model_dump())
+        back = back_to_form(request, "/subscribe", form.model_dump())
         return back or _subscribe_form(session, form, errors)
     try:
         address, allowed = signup.admit_signup(session, form.email, _client_ip(request))
@@ -314,7 +202,7 @@ def subscribe(
         return render_page("web/error.html", status_code=429, title="Slow down", message=str(exc))
     session.commit()
     background.add_task(answer_signup_after_response, address, prefs.choices(), allowed)
-    return _see_other("/subscribe/check-inbox")
+    return see_other("/subscribe/check-inbox")
 
 
 @router.get("/subscribe/check-inbox", response_class=HTMLResponse)
@@ -382,7 +270,7 @@ def confirm(
     session.commit()
     if changed:
         background.add_task(_send_mail, "welcome", subscriber.id, {})
-    return _see_other(f"/confirm/{token}?done=confirmed")
+    return see_other(f"/confirm/{token}?done=confirmed")
 
 
 def _unsubscribe_subscriber(session: SessionDep, token: str) -> Subscriber:
@@ -447,20 +335,20 @@ def unsubscribe(
         if action == "pause":
             signup.set_paused(session, subscriber, True, now)
             session.commit()
-            return _see_other(f"{preferences}?done=paused")
+            return see_other(f"{preferences}?done=paused")
         if action == "weekly":
             services.update_subscriber(
                 session, subscriber, services.SubscriberChanges(cadence="weekly"), now,
                 actor="the subscriber",
             )  # fmt: skip
             session.commit()
-            return _see_other(f"{preferences}?done=weekly")
+            return see_other(f"{preferences}?done=weekly")
     except InvalidInput as exc:
         return _dead_link("unsubscribe", exc)
     services.unsubscribe(session, subscriber)
     if action:
         session.commit()
-        return _see_other(f"/unsubscribe/{token}")
+        return see_other(f"/unsubscribe/{token}")
     return _unsubscribed_page(subscriber)
 
 
@@ -483,7 +371,7 @@ def resubscribe(token: str, session: SessionDep) -> HTMLResponse | RedirectRespo
     except (InvalidInput, NotFound) as exc:
         return _dead_link("resubscribe", exc)
     session.commit()
-    return _see_other(f"/preferences/{tokens.make_token('preferences', uid)}?done=resubscribed")
+    return see_other(f"/preferences/{tokens.make_token('preferences', uid)}?done=resubscribed")
 
 
 def _preferences_subscriber(session: SessionDep, token: str) -> Subscriber:
@@ -561,7 +449,7 @@ def _preferences_page(
         unsubscribe_path=f"/unsubscribe/{tokens.make_token('unsubscribe', subscriber.uid)}",
         undo_path=_undo_path(subscriber),
         guess_zone=False,
-        **_choices_context(session, {**stored, **(chosen or {})}, errors),
+        **choices_context(session, {**stored, **(chosen or {})}, errors),
     )
 
 
@@ -572,7 +460,7 @@ def preferences_page(request: Request, token: str, session: SessionDep, done: st
     except (InvalidInput, NotFound) as exc:
         return _dead_link("preferences", exc)
     path = f"/preferences/{token}"
-    typed = _typed_form(request, path)
+    typed = typed_form(request, path)
     if typed is None:
         return _preferences_page(session, subscriber, done=done)
     try:
@@ -582,11 +470,11 @@ def preferences_page(request: Request, token: str, session: SessionDep, done: st
     except services.FieldErrors as exc:
         errors = exc.errors
     except ValueError:
-        return _forget_form(_preferences_page(session, subscriber, done=done), path)
+        return forget_form(_preferences_page(session, subscriber, done=done), path)
     page = _preferences_page(
         session, subscriber, 400 if errors else 200, errors, form.chosen(), done
     )
-    return _forget_form(page, path)
+    return forget_form(page, path)
 
 
 @router.post("/preferences/{token}", response_model=None)
@@ -615,7 +503,7 @@ def update_preferences(
             raise InvalidInput(f"unknown action {action!r}")
     except services.FieldErrors as exc:
         session.rollback()
-        back = _back_to_form(request, f"/preferences/{token}", form.model_dump())
+        back = back_to_form(request, f"/preferences/{token}", form.model_dump())
         if back is not None:
             return back
         subscriber = _preferences_subscriber(session, token)
@@ -628,4 +516,4 @@ def update_preferences(
             form.chosen(),
         )  # fmt: skip
     session.commit()
-    return _see_other(f"/preferences/{token}?done={done}")
+    return see_other(f"/preferences/{token}?done={done}")
