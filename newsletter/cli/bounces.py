@@ -10,7 +10,7 @@ from rich.table import Table
 from sqlalchemy.exc import DBAPIError
 
 from newsletter import db
-from newsletter.cli.common import console, err_console, parse_now, user_errors
+from newsletter.cli.common import console, err_console, parse_now, print_table, user_errors
 
 app = typer.Typer(no_args_is_help=True, help="Bounces and complaints read back in.")
 
@@ -89,7 +89,7 @@ def bounces_list(
                 row.outcome,
                 summary(row.diagnostic, 80),
             )
-    console.print(table)
+    print_table(table, "no bounces or complaints yet")
 
 
 @app.command("poll")

@@ -161,6 +161,11 @@ def count_table(
     return table
 
 
+def print_table(table: Table, empty: str) -> None:
+    """A list, or what to say when it has nothing in it (never an empty frame)."""
+    console.print(table if table.rows else empty, highlight=False)
+
+
 def print_columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Rows as aligned plain columns, one line each: what a long page needs (a rich
     table measures and wraps every cell, seconds for a thousand rows), and what grep,

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from newsletter import db
-from newsletter.cli.common import console, err_console, user_errors
+from newsletter.cli.common import console, err_console, print_table, user_errors
 from newsletter.errors import InvalidInput
 
 app = typer.Typer(no_args_is_help=True, help="RSS/Atom feeds polled for new posts.")
@@ -147,10 +147,7 @@ def feeds_list() -> None:
                 (f"error: {f.last_error}" if f.last_error else str(f.last_status or "-")),
                 f"{f.next_poll_at:%Y-%m-%d %H:%M}" if f.next_poll_at else "-",
             )
-    if not table.rows:
-        console.print("no feeds yet: `newsletter feeds add URL` adds one")
-        return
-    console.print(table)
+    print_table(table, "no feeds yet: `newsletter feeds add URL` adds one")
 
 
 @app.command("remove")

@@ -10,7 +10,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from newsletter import db
-from newsletter.cli.common import console, user_errors
+from newsletter.cli.common import console, print_table, user_errors
 from newsletter.errors import InvalidInput
 from newsletter.models import Post
 
@@ -142,7 +142,4 @@ def posts_list(
                 if p.planned_at
                 else "no",
             )
-    if not table.rows:
-        console.print("no posts yet")
-        return
-    console.print(table)
+    print_table(table, "no posts yet")

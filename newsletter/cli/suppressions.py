@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from newsletter import db
-from newsletter.cli.common import console, user_errors
+from newsletter.cli.common import console, print_table, user_errors
 from subscribers.models import SubscriberStatus, SuppressionReason
 
 app = typer.Typer(no_args_is_help=True, help="Addresses that are never mailed.")
@@ -28,10 +28,7 @@ def suppressions_list() -> None:
             table.add_row(
                 row.email, row.reason.value, f"{row.created_at:%Y-%m-%d}", row.detail or ""
             )
-    if not table.rows:
-        console.print("no suppressed addresses")
-        return
-    console.print(table)
+    print_table(table, "no suppressed addresses")
 
 
 @app.command("add")

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from newsletter import db
-from newsletter.cli.common import YesOption, confirm_or_stop, console, user_errors
+from newsletter.cli.common import YesOption, confirm_or_stop, console, print_table, user_errors
 from newsletter.errors import InvalidInput
 
 app = typer.Typer(no_args_is_help=True, help="Tags readers can follow.")
@@ -47,10 +47,7 @@ def tags_list() -> None:
                 str(row.followers),
                 "yes" if row.tag.listed else "no",
             )
-    if not table.rows:
-        console.print("no tags yet: `newsletter tags add NAME` creates one")
-        return
-    console.print(table)
+    print_table(table, "no tags yet: `newsletter tags add NAME` creates one")
 
 
 @app.command("remove")

@@ -8,7 +8,14 @@ import typer
 from rich.table import Table
 
 from newsletter import db
-from newsletter.cli.common import YesOption, confirm_or_stop, console, err_console, user_errors
+from newsletter.cli.common import (
+    YesOption,
+    confirm_or_stop,
+    console,
+    err_console,
+    print_table,
+    user_errors,
+)
 from newsletter.console.models import StaffRole
 
 app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the REST API.")
@@ -56,10 +63,7 @@ def tokens_list() -> None:
                 f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "-",
                 f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "-",
             )
-    if not table.rows:
-        console.print("no API tokens yet")
-        return
-    console.print(table)
+    print_table(table, "no API tokens yet")
 
 
 @app.command("revoke")

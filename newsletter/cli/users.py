@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from newsletter import db
-from newsletter.cli.common import console, user_errors
+from newsletter.cli.common import console, print_table, user_errors
 from newsletter.console import services
 from newsletter.errors import InvalidInput
 from subscribers.services import normalize_email
@@ -79,10 +79,7 @@ def users_list() -> None:
                 f"{user.created_at:%Y-%m-%d %H:%M}",
                 f"{user.last_login_at:%Y-%m-%d %H:%M}" if user.last_login_at else "never",
             )
-    if not table.rows:
-        console.print("no staff accounts yet")
-        return
-    console.print(table)
+    print_table(table, "no staff accounts yet")
 
 
 @app.command("remove")
