@@ -90,17 +90,19 @@ def run_due(
     list of every delivery is held. `on_total` is told the deliveries known so far
     each time more are planned.
     """
-    if not tasks_run_in_process():
-        return _hand_to_workers(now, on_total)
-    transport_factory = sending.smtp_transport_factory()
     summary = RunSummary()
     known = 0
+    in_process = tasks_run_in_process()
+    transport_factory = sending.smtp_transport_factory() if in_process else None
 
-    def send_now(delivery_ids: list[int]) -> None:
+    def hand_on(delivery_ids: list[int]) -> None:
         nonlocal known
         known += len(delivery_ids)
         if on_total and delivery_ids:
             on_total(known)
+        if not in_process:
+            summary.batches += dispatch(delivery_ids)
+            return
         for batch in planning.batches(delivery_ids):
             summary.batches += 1
             summary.send.merge(
@@ -110,24 +112,6 @@ def run_due(
             )
 
     # Lost work is looked for before planning, so none of this run's own deliveries
-    # is taken for lost.
-    stranded = planning.stranded_deliveries(now)
-    summary.plan = planning.plan_due(now, on_chunk=send_now)
-    with session_scope() as session:
-        summary.expired_signups = expire_pending(session, now)
-    summary.stranded = len(stranded)
-    send_now(stranded)
-    return summary
-
-
-def _hand_to_workers(now: dt.datetime | None, on_total: Callable[[int], None] | None) -> RunSummary:
-    """Plan, handing each committed chunk's deliveries to send tasks in batches."""
-    summary = RunSummary()
-
-    def hand_on(delivery_ids: list[int]) -> None:
-        summary.batches += dispatch(delivery_ids)
-
-    # Lost work is looked for before planning, so none of this run's own deliveries
     # (already with a sender, perhaps) is taken for lost.
     stranded = planning.stranded_deliveries(now)
     summary.plan = planning.plan_due(now, on_chunk=hand_on)
@@ -135,6 +119,4 @@ def _hand_to_workers(now: dt.datetime | None, on_total: Callable[[int], None] | 
         summary.expired_signups = expire_pending(session, now)
     summary.stranded = len(stranded)
     hand_on(stranded)
-    if on_total:
-        on_total(summary.plan.planned + summary.stranded)
     return summary
