@@ -22,7 +22,8 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -525,6 +526,36 @@ def report(
         print(f"| {t.name} | {t.p50:.1f} ms | {t.p99:.1f} ms | < {t.target_ms} ms |")
 
 
+@contextmanager
+def bench_database(admin_dsn: str, keep: bool) -> Iterator[str]:
+    """A fresh database migrated by the project's migrations, its DSN; dropped at the
+    end unless `keep` (then it can be timed again with --existing)."""
+    from newsletter import db
+
+    name = f"newsletter_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+    console.log(f"database {name}")
+    try:
+        db.upgrade(dsn)
+        yield dsn
+    finally:
+        db.dispose_engines()
+        if keep:
+            console.log(f"kept: {dsn} (rerun: --existing {dsn})")
+        else:
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def reader_count(dsn: str) -> int:
+    """How many readers a database a --keep run left holds."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM subscribers").fetchone()
+    return row[0] if row else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readers", type=int, default=1_000_000)
@@ -542,9 +573,7 @@ def main() -> None:
     from newsletter import db
 
     if args.existing:
-        with psycopg.connect(args.existing) as conn:
-            row = conn.execute("SELECT count(*) FROM subscribers").fetchone()
-        readers = row[0] if row else 0
+        readers = reader_count(args.existing)
         try:
             timings, cold_ms = measure(args.existing, readers, args.requests)
             report(readers, [], timings, cold_ms)
@@ -552,23 +581,10 @@ def main() -> None:
             db.dispose_engines()
         return
 
-    name = f"newsletter_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = args.admin_dsn.rsplit("/", 1)[0] + f"/{name}"
-    console.log(f"database {name}")
-    try:
-        db.upgrade(dsn)
+    with bench_database(args.admin_dsn, args.keep) as dsn:
         steps = fill(dsn, args.readers, deliveries)
         timings, cold_ms = measure(dsn, args.readers, args.requests)
         report(args.readers, steps, timings, cold_ms)
-    finally:
-        db.dispose_engines()
-        if args.keep:
-            console.log(f"kept: {dsn} (rerun: --existing {dsn})")
-        else:
-            with psycopg.connect(args.admin_dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

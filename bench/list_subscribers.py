@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.console import fill
+from bench.console import bench_database, fill, reader_count
 
 console = Console()
 TARGET_MS = 1000
@@ -159,32 +158,17 @@ def main() -> None:
     from newsletter import db
 
     if args.existing:
-        with psycopg.connect(args.existing) as conn:
-            row = conn.execute("SELECT count(*) FROM subscribers").fetchone()
+        readers = reader_count(args.existing)
         try:
-            readers = row[0] if row else 0
             report(readers, measure(args.existing, readers, args.runs, args.explain))
         finally:
             db.dispose_engines()
         return
 
-    name = f"newsletter_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = args.admin_dsn.rsplit("/", 1)[0] + f"/{name}"
-    console.log(f"database {name}")
-    try:
-        db.upgrade(dsn)
+    with bench_database(args.admin_dsn, args.keep) as dsn:
         # A tenth of the console bench's deliveries: enough for `show`, quicker to fill.
         fill(dsn, args.readers, args.readers // 5)
         report(args.readers, measure(dsn, args.readers, args.runs, args.explain))
-    finally:
-        db.dispose_engines()
-        if args.keep:
-            console.log(f"kept: {dsn} (rerun: --existing {dsn})")
-        else:
-            with psycopg.connect(args.admin_dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
