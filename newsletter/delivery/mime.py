@@ -59,6 +59,10 @@ class OutgoingMessage:
     # The delivery this is a reader's copy of (None for other mail): its bounce
     # address names it (VERP, see `verp`).
     delivery_id: int | None = None
+    # `data` with every line that starts with a dot given a second one, as DATA
+    # carries it (RFC 5321 section 4.5.2), when the builder could make it cheaply (a
+    # compiled digest keeps its literals stuffed); None: the transport scans `data`.
+    wire: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ all carry the sealer.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 from dataclasses import dataclass, replace
@@ -85,13 +86,20 @@ class Sealer:
         bounce = verp.envelope_sender(self.settings, message.delivery_id)
         if bounce is not None:
             sender, utf8 = wire_address(bounce)
-        data = message.data
+        data, wire = message.data, message.wire
         if self.signer is not None:
             try:
                 data = self.signer.sign(data)
             except dkimpy.DKIMException as exc:
                 raise Unsendable(f"cannot sign the message: {exc}") from None
-        return replace(message, sender=sender, data=data, smtputf8=message.smtputf8 or utf8)
+            # The signature goes before the message, which stays as it was: its
+            # stuffed form takes the same header lines (none starts with a dot).
+            added = len(data) - len(message.data)
+            if wire is not None:
+                wire = data[:added] + wire if data.endswith(message.data) else None
+        return replace(
+            message, sender=sender, data=data, wire=wire, smtputf8=message.smtputf8 or utf8
+        )
 
 
 def sealer_for(settings: Settings) -> Sealer:
@@ -128,20 +136,108 @@ class OutcomeUnknown(Exception):
 def dot_stuffed(payload: bytes) -> bytes:
     """The message as DATA carries it: a leading dot doubled on every line (RFC 5321
     section 4.5.2), ending in CRLF, then the lone dot that ends it."""
-    if payload.startswith(b"."):
-        payload = b"." + payload
-    payload = payload.replace(b"\n.", b"\n..")
-    if not payload.endswith(b"\r\n"):
-        payload += b"\r\n"
-    return payload + b".\r\n"
+    return b"".join(_data_parts(payload))
 
 
-def _await_end_of_data(smtp: smtplib.SMTP, wait: float) -> tuple[int, bytes]:
+# A line that starts with a dot. The regular expression finds one in a 24 KB message
+# in a third of the time `b"\n." in payload` takes (8 against 21 microseconds).
+_DOT_LINE = re.compile(rb"\n\.")
+
+
+def _data_parts(payload: bytes, wire: bytes | None = None) -> tuple[bytes, bytes]:
+    """`dot_stuffed` as the message and its ending, so the message, 24 KB or more,
+    is written as it is rather than copied; a message whose stuffed form its builder
+    made (`wire`) is not even scanned."""
+    if wire is not None:
+        payload = wire
+    elif payload.startswith(b".") or _DOT_LINE.search(payload):
+        payload = payload.replace(b"\n.", b"\n..")
+        if payload.startswith(b"."):
+            payload = b"." + payload
+    return payload, b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n"
+
+
+def _write(smtp: smtplib.SMTP, parts: tuple[bytes, ...]) -> None:
+    """Every part in one write where the socket allows it (plain TCP: `sendmsg`
+    gathers them), without joining them into one copy first."""
+    sock = smtp.sock
+    if sock is None:
+        raise smtplib.SMTPServerDisconnected("please run connect() first")
+    try:
+        if isinstance(sock, ssl.SSLSocket):
+            sock.sendall(b"".join(parts))
+            return
+        sent = sock.sendmsg(parts)
+        if sent < sum(len(part) for part in parts):
+            sock.sendall(b"".join(parts)[sent:])
+    except OSError as exc:
+        smtp.close()
+        raise smtplib.SMTPServerDisconnected(f"Server not connected: {exc}") from exc
+
+
+class _Replies:
+    """SMTP replies read straight off the socket, each read parsed for every reply it
+    holds: the three answers to a pipelined MAIL, RCPT and DATA come in one packet.
+
+    smtplib's own `getreply` reads line by line through a file object and was a
+    third of a sender's time per message. Raises what `getreply` raises, so callers
+    sort the outcomes the same way; only used between commands smtplib does not
+    send, so its own buffer never holds a reply meant for this one.
+    """
+
+    # Longest reply line accepted (smtplib's limit too).
+    MAX_LINE = 8192
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def read(self, smtp: smtplib.SMTP) -> tuple[int, bytes]:
+        lines: list[bytes] = []
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > self.MAX_LINE:
+                    smtp.close()
+                    raise smtplib.SMTPResponseException(500, "Line too long.")
+                self._buffer += self._receive(smtp)
+                continue
+            line, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
+            text = line[4:].strip(b" \t\r\n")
+            lines.append(text)
+            if line[3:4] != b"-":
+                try:
+                    code = int(line[:3])
+                except ValueError:
+                    code = -1
+                return code, b"\n".join(lines)
+
+    def clear(self) -> None:
+        self._buffer = b""
+
+    @staticmethod
+    def _receive(smtp: smtplib.SMTP) -> bytes:
+        sock = smtp.sock
+        if sock is None:
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        try:
+            data = sock.recv(65536)
+        except OSError as exc:
+            smtp.close()
+            raise smtplib.SMTPServerDisconnected(f"Connection unexpectedly closed: {exc}") from exc
+        if not data:
+            smtp.close()
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        return data
+
+
+def _await_end_of_data(
+    smtp: smtplib.SMTP, wait: float, replies: _Replies | None = None
+) -> tuple[int, bytes]:
     """The reply to the end of DATA, waiting `wait` seconds (not the command timeout)."""
     if smtp.sock is not None:
         smtp.sock.settimeout(wait)
     try:
-        return smtp.getreply()
+        return smtp.getreply() if replies is None else replies.read(smtp)
     except smtplib.SMTPServerDisconnected as exc:
         # smtplib turns a read timeout into "disconnected". Only a timeout leaves the
         # message maybe delivered (the server may still be working on it); a server
@@ -162,7 +258,7 @@ def _end_of_data(smtp: smtplib.SMTP, msg: bytes | str, wait: float) -> tuple[int
     if code != 354:
         raise smtplib.SMTPDataError(code, reply)
     payload = msg.encode("ascii") if isinstance(msg, str) else bytes(msg)
-    smtp.send(dot_stuffed(payload))
+    _write(smtp, _data_parts(payload))
     return _await_end_of_data(smtp, wait)
 
 
@@ -192,6 +288,7 @@ class SmtpTransport:
         # None sends messages as they are built (a check of the connection alone).
         self.sealer = sealer
         self._smtp: _SMTP | _SMTP_SSL | None = None
+        self._replies = _Replies()
 
     def __enter__(self) -> Self:
         self.open()
@@ -229,6 +326,7 @@ class SmtpTransport:
         except (OSError, smtplib.SMTPException) as exc:
             raise ConnectionLost(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
         self._smtp = smtp
+        self._replies.clear()
 
     @property
     def connected(self) -> bool:
@@ -293,18 +391,19 @@ class SmtpTransport:
         envelope = (
             f"MAIL FROM:<{message.sender}>{extra}\r\nRCPT TO:<{message.recipient}>\r\nDATA\r\n"
         ).encode("utf-8" if message.smtputf8 else "ascii")
+        replies = self._replies
         try:
-            smtp.send(envelope)
-            mail, rcpt, data = (smtp.getreply() for _ in range(3))
+            _write(smtp, (envelope,))
+            mail, rcpt, data = (replies.read(smtp) for _ in range(3))
             refusal = next((r for r in (mail, rcpt) if r[0] not in (250, 251)), None)
             if data[0] == 354 and refusal is not None:
                 # DATA accepted with nobody to deliver to: end it empty (RFC 2920
                 # section 3.1) and report the refusal that came first.
-                smtp.send(b".\r\n")
-                smtp.getreply()
+                _write(smtp, (b".\r\n",))
+                replies.read(smtp)
             elif data[0] == 354:
-                smtp.send(dot_stuffed(message.data))
-                refusal = _await_end_of_data(smtp, smtp.data_timeout)
+                _write(smtp, _data_parts(message.data, message.wire))
+                refusal = _await_end_of_data(smtp, smtp.data_timeout, replies)
                 if refusal[0] == 250:
                     return
             else:

@@ -43,6 +43,7 @@ from newsletter.delivery.mime import (
 )
 from newsletter.delivery.personalise import fill
 from newsletter.delivery.rendering import render_digest
+from newsletter.delivery.smtp import dot_stuffed
 from newsletter.models import Cadence, Delivery, Digest, Post, Tag
 from subscribers.models import Subscriber
 from tests.conftest import apply_env
@@ -172,6 +173,9 @@ def assert_same_message(
         whole.smtputf8,
     )
     assert_well_formed(copy.data, copy.smtputf8)
+    if copy.wire is not None:
+        # The transport writes this without scanning the copy for dot lines.
+        assert copy.wire == dot_stuffed(copy.data)[:-3]
     parsed, reference = parse(copy.data), parse(whole.data)
     assert headers(parsed) == headers(reference)
     assert parsed["Date"].datetime is not None
@@ -280,6 +284,20 @@ def test_every_kind_of_value_decodes_to_the_same_text(digest: Digest, value: str
     values["TAGS"] = value
     values["REASON"] = value + " / " + value
     assert_same_message(digest, reader, values)
+
+
+def test_a_copy_comes_dot_stuffed_for_the_wire(digest: Digest) -> None:
+    """The usual copy carries its stuffed form, so the transport need not scan it
+    (the layout's CSS and quoted-printable lines start with dots); a value that
+    brings a dot line of its own leaves the stuffing to the transport."""
+    reader = make_reader()
+    copy = assert_same_message(digest, reader)
+    assert copy.wire is not None and b"\r\n.." in copy.wire
+    dotted = make_digest([make_post(4, "Dots", [PYTHON], summary="one\n.two\n..three")])
+    assert assert_same_message(dotted, reader).wire is not None
+    values = personal_values(reader, get_settings())
+    values["GREETING"] = ".\n.hidden"
+    assert assert_same_message(digest, reader, values).wire is None
 
 
 def test_long_values_from_a_reader_with_many_long_tags(digest: Digest) -> None:
