@@ -78,13 +78,26 @@ def pg_array(values: Iterable[int] | Iterable[str], kind: Any = Integer) -> Colu
     """A PostgreSQL array parameter, sent as one array literal: psycopg would adapt a
     list element by element in Python, which at a million readers costs more than the
     rest of the planner's own work. Strings are quoted, so any value is safe."""
-    if kind is Integer:
-        text = ",".join(map(str, map(int, values)))
-    else:
-        text = ",".join(
-            '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values
+    text = array_literal(values, quoted=kind is not Integer)
+    return cast(bindparam(None, text, type_=String), ARRAY(kind))
+
+
+def array_literal(values: Iterable[Any], quoted: bool = True) -> str:
+    """`values` as one PostgreSQL array literal, for a parameter cast to an array type
+    in the statement (`pg_array`): None is NULL, anything else its `str`, quoted
+    unless `quoted` is False (integers, which need none)."""
+    if not quoted:
+        return "{" + ",".join(map(str, map(int, values))) + "}"
+    return (
+        "{"
+        + ",".join(
+            "NULL"
+            if value is None
+            else '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for value in values
         )
-    return cast(bindparam(None, "{" + text + "}", type_=String), ARRAY(kind))
+        + "}"
+    )
 
 
 def id_slice(column: SQLColumnExpression[int], ids: Sequence[int]) -> ColumnElement[bool]:

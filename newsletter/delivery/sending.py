@@ -40,6 +40,7 @@ from newsletter.db import (
     utcnow,
 )
 from newsletter.delivery.compose import message_for
+from newsletter.delivery.ledger import array_literal
 from newsletter.delivery.mime import OutgoingMessage, Unsendable
 from newsletter.delivery.planning import describe, sending_lease
 from newsletter.delivery.ratelimit import domain_limits, limiter_for, message_limits
@@ -557,12 +558,17 @@ def send_batch(
     session = get_sessionmaker()()
     try:
         stamp = claim_stamp(now)
-        claimed = claim(session, delivery_ids, now, stamp)
+        rows: list[_Row] | None = None
+        if session.get_bind().dialect.name == "postgresql":
+            rows = _claim_and_read(session, delivery_ids, now, stamp)
+            claimed = [row[0] for row in rows]
+        else:
+            claimed = claim(session, delivery_ids, now, stamp)
         report.skipped["not_claimable"] += len(set(delivery_ids)) - len(claimed)
         if not claimed:
             return report
         with LeaseKeeper(claimed, stamp, sending_lease()) as keeper:
-            sendable = _load_sendable(session, claimed, report)
+            sendable = _load_sendable(session, claimed, report, rows)
             for delivery_id in set(claimed) - {d.id for d in sendable}:
                 keeper.release(delivery_id)
             if on_progress and len(sendable) < len(claimed):
@@ -574,32 +580,89 @@ def send_batch(
     return report
 
 
-def _load_sendable(session: Session, claimed: list[int], report: SendReport) -> list[_Item]:
+# A claimed delivery and its reader (NULLs for a deleted one), as `_load_sendable` reads it.
+_Row = tuple[Any, ...]
+
+# `claim` and the first read of `_load_sendable` in one statement: the rows come back
+# with their readers, and only the claimed ones. Run for every batch, so written out
+# rather than built by the ORM, whose statement handling cost more than the query.
+_PG_CLAIM_AND_READ = text(
+    """
+    WITH claimed AS (
+        UPDATE deliveries
+        SET status = 'sending', claimed_at = :stamp, updated_at = :now
+        WHERE id = ANY(CAST(:ids AS integer[]))
+          AND ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now))
+               OR (status = 'sending' AND claimed_at <= :stale))
+        RETURNING id, attempts, message_id, digest_id, subscriber_id
+    )
+    SELECT c.id, c.attempts, c.message_id, c.digest_id, s.id, s.email, s.name, s.uid,
+           s.cadence, s.timezone, s.send_hour, s.status, s.send_weekday
+    FROM claimed AS c LEFT JOIN subscribers AS s ON s.id = c.subscriber_id
+    ORDER BY c.id
+    """
+)
+
+
+def _claim_and_read(
+    session: Session, delivery_ids: Sequence[int], now: dt.datetime, stamp: dt.datetime
+) -> list[_Row]:
+    """`claim` on PostgreSQL, returning the rows `_load_sendable` would read next."""
+    rows = session.execute(
+        _PG_CLAIM_AND_READ,
+        {
+            "ids": array_literal(delivery_ids, quoted=False),
+            "now": now,
+            "stamp": stamp,
+            "stale": now - sending_lease(),
+        },
+    ).all()
+    session.commit()
+    return [
+        (*row[:8], Cadence(row[8]), *row[9:11], SubscriberStatus(row[11]), row[12])
+        if row[4] is not None
+        else tuple(row)
+        for row in rows
+    ]
+
+
+def _read_claimed(session: Session, claimed: list[int]) -> list[_Row]:
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(
+                Delivery.id,
+                Delivery.attempts,
+                Delivery.message_id,
+                Delivery.digest_id,
+                Subscriber.id,
+                Subscriber.email,
+                Subscriber.name,
+                Subscriber.uid,
+                Subscriber.cadence,
+                Subscriber.timezone,
+                Subscriber.send_hour,
+                Subscriber.status,
+                Subscriber.send_weekday,
+            )
+            .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(among(Delivery.id, claimed))
+            .order_by(Delivery.id)
+        )
+    ]
+
+
+def _load_sendable(
+    session: Session, claimed: list[int], report: SendReport, rows: list[_Row] | None = None
+) -> list[_Item]:
     """The claimed rows with their readers and digests; inactive or suppressed readers
-    are marked skipped (committed) and left out.
+    are marked skipped (committed) and left out. `rows`: the claimed rows with their
+    readers, when the claim read them already.
 
     Rows, tags and digests come in one query each, with the ids as one array parameter
     (`among`) and plain rows rather than ORM objects: this runs for every batch."""
-    rows = session.execute(
-        select(
-            Delivery.id,
-            Delivery.attempts,
-            Delivery.message_id,
-            Delivery.digest_id,
-            Subscriber.id,
-            Subscriber.email,
-            Subscriber.name,
-            Subscriber.uid,
-            Subscriber.cadence,
-            Subscriber.timezone,
-            Subscriber.send_hour,
-            Subscriber.status,
-            Subscriber.send_weekday,
-        )
-        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(among(Delivery.id, claimed))
-        .order_by(Delivery.id)
-    ).all()
+    if rows is None:
+        rows = _read_claimed(session, claimed)
     reader_ids = {row[4] for row in rows if row[4] is not None}
     tags: dict[int, list[_TagName]] = defaultdict(list)
     followed = (
@@ -876,15 +939,16 @@ _PG_OUTCOMES = text(
 def _write_outcomes(writer: Session, outcomes: list[Outcome]) -> None:
     if writer.get_bind().dialect.name == "postgresql":
         # One statement for the whole group: an executemany pays per row in Python.
+        # The columns go as array literals: psycopg adapts a list item by item.
         writer.execute(
             _PG_OUTCOMES,
             {
-                "ids": [o.delivery_id for o in outcomes],
-                "statuses": [str(o.values["status"]) for o in outcomes],
-                "attempts": [o.values["attempts"] for o in outcomes],
-                "errors": [o.values.get("last_error") for o in outcomes],
-                "sent": [o.values.get("sent_at") for o in outcomes],
-                "next": [o.values.get("next_attempt_at") for o in outcomes],
+                "ids": array_literal((o.delivery_id for o in outcomes), quoted=False),
+                "statuses": array_literal(o.values["status"].value for o in outcomes),
+                "attempts": array_literal((o.values["attempts"] for o in outcomes), quoted=False),
+                "errors": array_literal(o.values.get("last_error") for o in outcomes),
+                "sent": array_literal(_stamp(o.values.get("sent_at")) for o in outcomes),
+                "next": array_literal(_stamp(o.values.get("next_attempt_at")) for o in outcomes),
                 "stamp": utcnow(),
             },
         )
@@ -901,6 +965,10 @@ def _write_outcomes(writer: Session, outcomes: list[Outcome]) -> None:
             address, reply = outcome.suppress
             suppress(writer, address, SuppressionReason.HARD_BOUNCE, reply, actor="smtp reply")
     writer.commit()
+
+
+def _stamp(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
 
 
 def _rollback(session: Session) -> None:
