@@ -70,7 +70,7 @@ class Transport(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
-    def send(self, message: OutgoingMessage) -> None: ...
+    def send(self, message: OutgoingMessage, following: OutgoingMessage | None = None) -> None: ...
     @property
     def connected(self) -> bool: ...
 
@@ -434,6 +434,20 @@ class OutcomeWriter:
                 raise _WriterStopped
             self._unrecorded += 1
 
+    def try_reserve(self) -> bool:
+        """A place if one is free now, without waiting (for a message taken ahead)."""
+        with self._lock:
+            if self.error is not None or self._troubled or self._unrecorded >= self._limit:
+                return False
+            self._unrecorded += 1
+            return True
+
+    def unreserve(self) -> None:
+        """Give back a place whose message was never sent."""
+        with self._lock:
+            self._unrecorded -= 1
+            self._space.notify_all()
+
     def add(self, outcome: Outcome, *, reserved: bool = True) -> None:
         with self._lock:
             self._pending.append(outcome)
@@ -775,6 +789,16 @@ def _send_all(
     writer.close()
 
 
+@dataclass(slots=True)
+class _Ready:
+    """A delivery built and holding a writer place, about to go out."""
+
+    delivery: _Item
+    message: OutgoingMessage
+    # The relay whose rate limits it has passed (it passes a new relay's again).
+    limited_on: Relay | None = None
+
+
 def _connection_loop(
     work: deque[_Item],
     writer: OutcomeWriter,
@@ -786,60 +810,128 @@ def _connection_loop(
     lost: list[ConnectionLost],
 ) -> None:
     """One connection's share: take the next message until none is left, the server
-    cannot be reached, or outcomes can no longer be written."""
+    cannot be reached, or outcomes can no longer be written.
+
+    The next message is taken before this one goes, when a writer place is free at
+    once, so its envelope can follow this one's end of data (`Transport.send`): one
+    round trip per message. With NEWSLETTER_UNRECORDED_LIMIT=1 there is never a free
+    place, so each message waits for the one before it, as the limit promises."""
+    ready: _Ready | None = None
     try:
         while True:
-            try:
-                delivery = work.popleft()
-            except IndexError:
-                return
-            if keeper.taken_over(delivery.id):
-                report.skipped["taken_over"] += 1
-                continue
+            if ready is None:
+                try:
+                    ready = _take(work, writer, keeper, settings, report, wait=True)
+                except _WriterStopped:
+                    return
+                if ready is None:
+                    return
             try:
                 transport = connection.get()
-                writer.reserve()
             except ConnectionLost as exc:
                 lost.append(exc)
-                work.appendleft(delivery)
                 return
+            _pass_limits(ready, transport, settings)
+            ahead = _take(work, writer, keeper, settings, report, wait=False)
+            # A rate-limited message is not sent ahead: held until the next one's
+            # turn, it would reach the server bunched with others.
+            following = None
+            if ahead is not None and _pass_limits(ahead, transport, settings, wait=False):
+                following = ahead.message
+            writer.add(_attempt(transport, connection, ready, following, settings, now, report))
+            ready = ahead
+    finally:
+        if ready is not None:
+            # Taken but never sent: back for another connection or the retry.
+            work.appendleft(ready.delivery)
+            writer.unreserve()
+        connection.drop()
+
+
+def _take(
+    work: deque[_Item],
+    writer: OutcomeWriter,
+    keeper: LeaseKeeper,
+    settings: Settings,
+    report: SendReport,
+    wait: bool,
+) -> _Ready | None:
+    """The next delivery, built, with a writer place (waited for, or only if one is
+    free now); None when there is none. A copy that cannot be built is that reader's
+    failure, recorded, and the next one is taken."""
+    while True:
+        try:
+            delivery = work.popleft()
+        except IndexError:
+            return None
+        if keeper.taken_over(delivery.id):
+            report.skipped["taken_over"] += 1
+            continue
+        if wait:
+            try:
+                writer.reserve()
             except _WriterStopped:
                 work.appendleft(delivery)
-                return
-            writer.add(_attempt(transport, connection, delivery, settings, now, report))
-    finally:
-        connection.drop()
+                raise
+        elif not writer.try_reserve():
+            work.appendleft(delivery)
+            return None
+        built = _build(delivery, settings, report)
+        if isinstance(built, Outcome):
+            writer.add(built)
+            continue
+        return _Ready(delivery, built)
+
+
+def _build(delivery: _Item, settings: Settings, report: SendReport) -> OutgoingMessage | Outcome:
+    reader = delivery.subscriber
+    if reader is None:  # deleted after it was loaded: nobody to send to
+        return _failed(delivery, "the reader was deleted", report)
+    try:
+        return message_for(delivery, delivery.digest, reader, settings)
+    except Exception as exc:
+        log.warning("delivery #%d cannot be built: %s", delivery.id, describe(exc))
+        return _failed(delivery, f"cannot build the message: {describe(exc)}", report)
+
+
+def _pass_limits(
+    ready: _Ready, transport: Transport, settings: Settings, wait: bool = True
+) -> bool:
+    """Wait for the relay's rate and the recipient domain's, shared by every worker
+    and host, once per relay the message is about to go to. Without `wait`, only
+    whether it is free to go: False when a limit applies to it."""
+    relay = transport.relay
+    if relay is None or ready.limited_on is relay:
+        return True
+    limits = message_limits(relay, ready.message.recipient, domain_limits(settings))
+    if limits:
+        if not wait:
+            return False
+        limiter_for(settings).wait(limits)
+    ready.limited_on = relay
+    return True
 
 
 def _attempt(
     transport: Transport,
     connection: _Connection,
-    delivery: _Item,
+    ready: _Ready,
+    following: OutgoingMessage | None,
     settings: Settings,
     now: dt.datetime,
     report: SendReport,
 ) -> Outcome:
-    """Build and send one reader's copy; whatever goes wrong is that reader's outcome alone."""
-    reader = delivery.subscriber
-    if reader is None:  # deleted after it was loaded: nobody to send to
-        return _failed(delivery, "the reader was deleted", report)
+    """Send one reader's copy (and the envelope of the one `following` it); whatever
+    goes wrong is that reader's outcome alone."""
+    delivery = ready.delivery
     try:
-        message = message_for(delivery, delivery.digest, reader, settings)
-    except Exception as exc:
-        log.warning("delivery #%d cannot be built: %s", delivery.id, describe(exc))
-        return _failed(delivery, f"cannot build the message: {describe(exc)}", report)
-    if transport.relay is not None:
-        limits = message_limits(transport.relay, message.recipient, domain_limits(settings))
-        if limits:
-            # Shared by every worker and host: the relay's rate and the domain's.
-            limiter_for(settings).wait(limits)
-    try:
-        transport.send(message)
+        transport.send(ready.message, following)
     except PermanentFailure as exc:
         # A 5xx for this address: never mail it again until an admin says so.
         connection.answered()
         outcome = _failed(delivery, str(exc), report)
-        outcome.suppress = (reader.email, str(exc))
+        assert delivery.subscriber is not None  # built for a reader
+        outcome.suppress = (delivery.subscriber.email, str(exc))
         return outcome
     except TemporaryFailure as exc:
         connection.answered()

@@ -289,6 +289,9 @@ class SmtpTransport:
         self.sealer = sealer
         self._smtp: _SMTP | _SMTP_SSL | None = None
         self._replies = _Replies()
+        # The message whose MAIL, RCPT and DATA went out with the previous one's end,
+        # sealed, and its MAIL options: the next `send` reads their replies.
+        self._ahead: tuple[OutgoingMessage, OutgoingMessage, list[str]] | None = None
 
     def __enter__(self) -> Self:
         self.open()
@@ -327,6 +330,7 @@ class SmtpTransport:
             raise ConnectionLost(f"cannot connect to {c.host}:{c.port}: {exc}") from exc
         self._smtp = smtp
         self._replies.clear()
+        self._ahead = None
 
     @property
     def connected(self) -> bool:
@@ -335,33 +339,41 @@ class SmtpTransport:
 
     def close(self) -> None:
         if self._smtp is not None:
-            try:
-                self._smtp.quit()
-            except (OSError, smtplib.SMTPException):
+            if self._ahead is not None:
+                # The server waits for a message after DATA: QUIT would be read as
+                # part of it. Closing without the end of data discards it.
                 self._smtp.close()
+            else:
+                try:
+                    self._smtp.quit()
+                except (OSError, smtplib.SMTPException):
+                    self._smtp.close()
             self._smtp = None
+        self._ahead = None
 
-    def send(self, message: OutgoingMessage) -> None:
+    def send(self, message: OutgoingMessage, following: OutgoingMessage | None = None) -> None:
         """Send one message; raises PermanentFailure, TemporaryFailure, ConnectionLost,
-        OutcomeUnknown or Unsendable (this message can never go through this server)."""
+        OutcomeUnknown or Unsendable (this message can never go through this server).
+
+        `following`, the message the caller sends next on this session, has its
+        envelope written right after this message (RFC 2920 lets MAIL, RCPT and DATA
+        follow the end of data in one write): one round trip per message instead of
+        two. The next call must then be for `following`."""
         if self._smtp is None:
             raise ConnectionLost("not connected")
-        if self.sealer is not None:
-            message = self.sealer.seal(message)
-        options: list[str] = []
-        if message.smtputf8:
-            if not self._smtp.has_extn("smtputf8"):
-                raise Unsendable(
-                    f"{message.recipient} has a non-ASCII local part and the SMTP server "
-                    "does not offer SMTPUTF8"
-                )
-            options.append("SMTPUTF8")
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is not message:
+            # Its DATA was sent and cannot be taken back: only the session can go.
+            self._smtp.close()
+            self._smtp = None
+            raise ConnectionLost("a pipelined transaction was left for another message")
+        sealed, options = ahead[1:] if ahead is not None else self._sealed(message)
         if self._smtp.has_extn("pipelining"):
-            self._send_pipelined(message, options)
+            self._send_pipelined(sealed, options, ahead is not None, following)
             return
         try:
             refused = self._smtp.sendmail(
-                message.sender, [message.recipient], message.data, mail_options=options
+                sealed.sender, [sealed.recipient], sealed.data, mail_options=options
             )
         except OutcomeUnknown:
             self._smtp = None
@@ -382,18 +394,37 @@ class SmtpTransport:
             code, reply = next(iter(refused.values()))
             raise _classify(code, _reply(reply))
 
-    def _send_pipelined(self, message: OutgoingMessage, options: list[str]) -> None:
-        """MAIL, RCPT and DATA in one write, then the message: two round trips, not four
-        (RFC 2920). Replies are sorted into the same outcomes as the plain path."""
+    def _sealed(self, message: OutgoingMessage) -> tuple[OutgoingMessage, list[str]]:
+        """The message as it goes out (sealed), and its MAIL options."""
+        assert self._smtp is not None
+        if self.sealer is not None:
+            message = self.sealer.seal(message)
+        options: list[str] = []
+        if message.smtputf8:
+            if not self._smtp.has_extn("smtputf8"):
+                raise Unsendable(
+                    f"{message.recipient} has a non-ASCII local part and the SMTP server "
+                    "does not offer SMTPUTF8"
+                )
+            options.append("SMTPUTF8")
+        return message, options
+
+    def _send_pipelined(
+        self,
+        message: OutgoingMessage,
+        options: list[str],
+        envelope_sent: bool,
+        following: OutgoingMessage | None,
+    ) -> None:
+        """MAIL, RCPT and DATA in one write, then the message with the next message's
+        MAIL, RCPT and DATA (RFC 2920): one round trip per message. Replies are sorted
+        into the same outcomes as the plain path."""
         smtp = self._smtp
         assert smtp is not None
-        extra = "".join(f" {option}" for option in options)
-        envelope = (
-            f"MAIL FROM:<{message.sender}>{extra}\r\nRCPT TO:<{message.recipient}>\r\nDATA\r\n"
-        ).encode("utf-8" if message.smtputf8 else "ascii")
         replies = self._replies
         try:
-            _write(smtp, (envelope,))
+            if not envelope_sent:
+                _write(smtp, (_envelope(message, options),))
             mail, rcpt, data = (replies.read(smtp) for _ in range(3))
             refusal = next((r for r in (mail, rcpt) if r[0] not in (250, 251)), None)
             if data[0] == 354 and refusal is not None:
@@ -402,7 +433,16 @@ class SmtpTransport:
                 _write(smtp, (b".\r\n",))
                 replies.read(smtp)
             elif data[0] == 354:
-                _write(smtp, _data_parts(message.data, message.wire))
+                parts: tuple[bytes, ...] = _data_parts(message.data, message.wire)
+                if following is not None:
+                    try:
+                        sealed, more = self._sealed(following)
+                    except Unsendable:
+                        pass  # refused when it is sent, on its own
+                    else:
+                        parts += (_envelope(sealed, more),)
+                        self._ahead = (following, sealed, more)
+                _write(smtp, parts)
                 refusal = _await_end_of_data(smtp, smtp.data_timeout, replies)
                 if refusal[0] == 250:
                     return
@@ -410,17 +450,22 @@ class SmtpTransport:
                 refusal = refusal or data
         except OutcomeUnknown:
             self._smtp = None
+            self._ahead = None
             raise
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._smtp = None
+            self._ahead = None
             raise ConnectionLost(str(exc) or type(exc).__name__) from None
         code, text = refusal[0], _reply(refusal[1])
         if code == 421 or code == -1:
             smtp.close()
             self._smtp = None
+            self._ahead = None
             raise ConnectionLost(f"{code} {text}")
-        # A refused transaction leaves the session in an unknown state; reset it.
-        self._reset()
+        if self._ahead is None:
+            # A refused transaction leaves the session in an unknown state; reset it.
+            # (Refused at its end, it is over: the next one may already be on its way.)
+            self._reset()
         raise _classify(code, text)
 
     def _reset(self) -> None:
@@ -429,6 +474,13 @@ class SmtpTransport:
             self._smtp.rset()
         except (OSError, smtplib.SMTPException):
             self._smtp = None
+
+
+def _envelope(message: OutgoingMessage, options: list[str]) -> bytes:
+    extra = "".join(f" {option}" for option in options)
+    return (
+        f"MAIL FROM:<{message.sender}>{extra}\r\nRCPT TO:<{message.recipient}>\r\nDATA\r\n"
+    ).encode("utf-8" if message.smtputf8 else "ascii")
 
 
 def _classify(code: int, reply: str) -> PermanentFailure | TemporaryFailure | ConnectionLost:

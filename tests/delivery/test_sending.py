@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -18,8 +19,10 @@ from newsletter.db import session_scope
 from newsletter.delivery import planning
 from newsletter.delivery.ratelimit import default_burst
 from newsletter.delivery.relays import pool_for
+from newsletter.delivery.smtp import SmtpTransport
 from newsletter.models import Delivery, DeliveryStatus
 from newsletter.outbox import OutboxHandler, OutboxServer, free_port
+from subscribers.models import Subscriber
 from tests.conftest import REDIS_URL, ScriptedHandler, apply_env
 from tests.delivery.test_ratelimit import JITTER, REPO_ROOT, ArrivalHandler, busiest_second
 from tests.factories import make_post, make_subscriber
@@ -78,6 +81,80 @@ def test_refusals_sort_the_same_with_and_without_pipelining(
     assert sorted(rows.values()) == sorted(
         [DeliveryStatus.FAILED, DeliveryStatus.QUEUED, DeliveryStatus.SENT]
     )
+
+
+class EndOfDataHandler(ScriptedHandler):
+    """Answers the end of DATA for chosen recipients as scripted, and counts sessions."""
+
+    def __init__(self, replies: dict[str, str]) -> None:
+        super().__init__()
+        self.data_replies = replies
+        self.sessions = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sessions += 1
+        return await super().handle_EHLO(server, session, envelope, hostname, responses)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = self.data_replies.get(envelope.rcpt_tos[0])
+        if reply is not None:
+            return reply
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.usefixtures("app_env")
+def test_each_envelope_follows_the_message_before_it(
+    monkeypatch: pytest.MonkeyPatch, t0: dt.datetime
+) -> None:
+    """On one connection, each message's MAIL, RCPT and DATA go out with the previous
+    message's end (one round trip per message). A message refused at its end, or a
+    421 that closes the session with the next envelope already sent, is that message's
+    outcome alone: the next one goes out once, on a new session if need be."""
+    handler = EndOfDataHandler(
+        {
+            "bad@example.org": "554 5.7.1 message refused",
+            "later@example.org": "451 4.3.0 try again later",
+            "drop@example.org": "421 4.3.2 closing the connection",
+        }
+    )
+    followed: list[bool] = []
+    real_send = SmtpTransport.send
+
+    def send(self: SmtpTransport, message: Any, following: Any = None) -> None:
+        followed.append(following is not None)
+        real_send(self, message, following)
+
+    monkeypatch.setattr(SmtpTransport, "send", send)
+    names = ["a0", "bad", "a1", "later", "a2", "drop", "a3", "a4", "a5"]
+    with OutboxServer(handler) as server:
+        apply_env(
+            monkeypatch,
+            NEWSLETTER_SMTP_URL=server.url,
+            NEWSLETTER_SMTP_CONNECTIONS="1",
+            NEWSLETTER_SMTP_RECONNECT_PAUSE="0",
+        )
+        for name in names:
+            make_subscriber(f"{name}@example.org", "politics", now=t0)
+        make_post("politics", now=t0 + HOUR)
+    got = Counter(r for m in handler.messages for r in m.recipients)
+    assert got == {f"{n}@example.org": 1 for n in names if n.startswith("a")}
+    # Every message but the last carried the next one's envelope.
+    assert followed == [True] * (len(names) - 1) + [False]
+    assert handler.sessions == 2  # the 421 closed the first
+    with session_scope() as session:
+        rows = dict(
+            session.execute(
+                select(Subscriber.email, Delivery.status).join(
+                    Subscriber, Subscriber.id == Delivery.subscriber_id
+                )
+            ).all()
+        )
+    assert rows.pop("bad@example.org") == DeliveryStatus.FAILED
+    assert rows.pop("later@example.org") == DeliveryStatus.QUEUED
+    assert rows.pop("drop@example.org") == DeliveryStatus.QUEUED
+    assert set(rows.values()) == {DeliveryStatus.SENT}
 
 
 SEND = """
