@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
 from newsletter.db import utcnow
+from newsletter.delivery.ledger import drop_guards
 from newsletter.errors import InvalidInput, NotFound
-from newsletter.models import Cadence, Delivery, DeliveryStatus, Digest, Tag
+from newsletter.models import Cadence, Delivery, DeliveryPost, DeliveryStatus, Digest, Tag
 from newsletter.tags import existing_tags, parse_tag_names
 from newsletter.text import has_line_break, one_line
 from subscribers import suppression
@@ -493,6 +494,7 @@ def forget_subscriber(session: Session, subscriber: Subscriber) -> None:
     session.execute(delete(SignupAttempt).where(SignupAttempt.email == email))
     if suppression.find(session, email) is None:
         session.execute(delete(SuppressionEvent).where(SuppressionEvent.email == email))
+    drop_guards(session, readers=DeliveryPost.subscriber_id == subscriber.id)
     session.delete(subscriber)
     session.flush()
 

@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session
 from newsletter import tokens
 from newsletter.config import get_settings
 from newsletter.db import utcnow
+from newsletter.delivery.ledger import drop_guards
 from newsletter.errors import InvalidInput
-from newsletter.models import Cadence, Tag
+from newsletter.models import Cadence, DeliveryPost, Tag
 from newsletter.text import one_line
 from subscribers import suppression
 from subscribers.cadence import next_slot, parse_cadence, parse_hour, parse_timezone, parse_weekday
@@ -371,9 +372,9 @@ def expire_pending(session: Session, now: dt.datetime | None = None) -> int:
     """Forget sign-ups nobody confirmed in time."""
     now = now or utcnow()
     cutoff = now - dt.timedelta(hours=get_settings().pending_ttl_hours)
-    result = session.execute(
-        delete(Subscriber).where(
-            Subscriber.status == SubscriberStatus.PENDING, Subscriber.created_at < cutoff
-        )
+    expired = (Subscriber.status == SubscriberStatus.PENDING, Subscriber.created_at < cutoff)
+    drop_guards(
+        session, readers=DeliveryPost.subscriber_id.in_(select(Subscriber.id).where(*expired))
     )
+    result = session.execute(delete(Subscriber).where(*expired))
     return int(getattr(result, "rowcount", 0) or 0)

@@ -378,6 +378,19 @@ def _compact_chunk(
     return ids[-1], report
 
 
+def drop_guards(
+    session: Session,
+    readers: ColumnElement[bool] | None = None,
+    posts: ColumnElement[bool] | None = None,
+) -> None:
+    """Delete the guard rows of the readers or posts being deleted (`readers` and
+    `posts` say which, as conditions on `DeliveryPost`): the table has no foreign
+    keys to do it (migration 0012)."""
+    for where in (readers, posts):
+        if where is not None:
+            session.execute(delete(DeliveryPost).where(where))
+
+
 def compact(now: dt.datetime | None = None, chunk_size: int = COMPACT_CHUNK) -> CompactReport:
     """Move every reader's settled_through on as far as is safe, and delete the guard
     rows (delivery_posts) it covers; in chunks of readers, one transaction each.

@@ -17,8 +17,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from newsletter.delivery.ledger import drop_guards
 from newsletter.errors import InvalidInput
-from newsletter.models import Post, Tag, post_tags
+from newsletter.models import DeliveryPost, Post, Tag, post_tags
 from newsletter.posts import (
     DuplicatePost,
     PostInput,
@@ -203,7 +204,9 @@ def release(post_id: PostId, request: Request, session: SessionDep, token: Token
 )
 def delete_post(post_id: PostId, session: SessionDep) -> Response:
     """Remove a post and its tags; digests already sent are not recalled."""
-    session.delete(_post(session, post_id))
+    post = _post(session, post_id)
+    drop_guards(session, posts=DeliveryPost.post_id == post.id)
+    session.delete(post)
     commit(session, "the post is in use")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from newsletter.apitokens import create_token, revoke_token
 from newsletter.db import session_scope
-from newsletter.models import Post, Tag
+from newsletter.models import DeliveryPost, Post, Tag
 from newsletter.web.app import create_app
 from tests.conftest import ScriptedHandler
 from tests.factories import make_post, make_subscriber
@@ -91,10 +91,12 @@ def test_create_post_mails_followers_and_edits_do_not(
     assert got.status_code == 200 and got.json()["title"] == "Budget day, revised"
     assert client.patch(f"/api/posts/{post['id']}", json={"author": None}).status_code == 200
 
+    assert count(DeliveryPost) == 1  # the promise to Ana
     assert client.delete(f"/api/posts/{post['id']}").status_code == 204
     assert client.get(f"/api/posts/{post['id']}").status_code == 404
     assert client.delete(f"/api/posts/{post['id']}").status_code == 404
     assert count(Post) == 0
+    assert count(DeliveryPost) == 0  # no foreign key: deleted with the post
 
 
 def test_list_posts_paginates_and_filters(client: TestClient) -> None:
