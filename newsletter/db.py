@@ -12,11 +12,13 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Engine,
+    Integer,
     MetaData,
     SQLColumnExpression,
     String,
     and_,
     bindparam,
+    cast,
     create_engine,
     event,
 )
@@ -195,9 +197,34 @@ def _among_in(element: _Among, compiler: Any, **kw: Any) -> str:
 
 @compiles(_Among, "postgresql")
 def _among_any(element: _Among, compiler: Any, **kw: Any) -> str:
-    values = bindparam(None, element.values, type_=ARRAY(element.item_type))
+    item = element.item_type
+    values: ColumnElement[Any]
+    if isinstance(item, Integer) or type(item) is String:
+        # One array literal: psycopg would adapt the list item by item in Python.
+        text = array_literal(element.values, quoted=not isinstance(item, Integer))
+        values = cast(bindparam(None, text, type_=String), ARRAY(item))
+    else:
+        values = bindparam(None, element.values, type_=ARRAY(item))
     column = compiler.process(element.column, **kw)
     return f"{column} = ANY({compiler.process(values, **kw)})"
+
+
+def array_literal(values: Iterable[Any], quoted: bool = True) -> str:
+    """`values` as one PostgreSQL array literal, for a parameter cast to an array type
+    in the statement: None is NULL, anything else its `str`, quoted unless `quoted` is
+    False (integers, which need none)."""
+    if not quoted:
+        return "{" + ",".join(map(str, map(int, values))) + "}"
+    return (
+        "{"
+        + ",".join(
+            "NULL"
+            if value is None
+            else '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for value in values
+        )
+        + "}"
+    )
 
 
 def among(column: SQLColumnExpression[Any], values: Iterable[Any]) -> ColumnElement[bool]:

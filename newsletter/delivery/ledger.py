@@ -47,7 +47,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
-from newsletter.db import UTCDateTime, session_scope, utcnow
+from newsletter.db import UTCDateTime, array_literal, session_scope, utcnow
 from newsletter.db import among as db_among
 from newsletter.delivery.mime import new_message_id
 from newsletter.models import Delivery, DeliveryPost, DeliveryStatus, Post, post_tags
@@ -80,24 +80,6 @@ def pg_array(values: Iterable[int] | Iterable[str], kind: Any = Integer) -> Colu
     rest of the planner's own work. Strings are quoted, so any value is safe."""
     text = array_literal(values, quoted=kind is not Integer)
     return cast(bindparam(None, text, type_=String), ARRAY(kind))
-
-
-def array_literal(values: Iterable[Any], quoted: bool = True) -> str:
-    """`values` as one PostgreSQL array literal, for a parameter cast to an array type
-    in the statement (`pg_array`): None is NULL, anything else its `str`, quoted
-    unless `quoted` is False (integers, which need none)."""
-    if not quoted:
-        return "{" + ",".join(map(str, map(int, values))) + "}"
-    return (
-        "{"
-        + ",".join(
-            "NULL"
-            if value is None
-            else '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-            for value in values
-        )
-        + "}"
-    )
 
 
 def id_slice(column: SQLColumnExpression[int], ids: Sequence[int]) -> ColumnElement[bool]:

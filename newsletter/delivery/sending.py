@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from newsletter.config import Settings, get_settings
 from newsletter.db import (
     among,
+    array_literal,
     database_unavailable,
     get_engine,
     get_sessionmaker,
@@ -40,7 +41,6 @@ from newsletter.db import (
     utcnow,
 )
 from newsletter.delivery.compose import message_for
-from newsletter.delivery.ledger import array_literal
 from newsletter.delivery.mime import OutgoingMessage, Unsendable
 from newsletter.delivery.planning import describe, sending_lease
 from newsletter.delivery.ratelimit import domain_limits, limiter_for, message_limits
