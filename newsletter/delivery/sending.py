@@ -27,7 +27,19 @@ from functools import cache
 from types import TracebackType
 from typing import Any, Protocol, Self, cast
 
-from sqlalchemy import Table, Update, and_, bindparam, case, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Update,
+    and_,
+    any_,
+    bindparam,
+    case,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from newsletter.config import Settings, get_settings
@@ -41,6 +53,7 @@ from newsletter.db import (
     utcnow,
 )
 from newsletter.delivery.compose import message_for
+from newsletter.delivery.ledger import pg_array
 from newsletter.delivery.mime import OutgoingMessage, Unsendable
 from newsletter.delivery.planning import describe, sending_lease
 from newsletter.delivery.ratelimit import domain_limits, limiter_for, message_limits
@@ -137,19 +150,9 @@ def claim(
     stamp: dt.datetime | None = None,
 ) -> list[int]:
     """Take the sendable deliveries among these ids; the rest are someone else's or done."""
-    claimable = or_(
-        and_(
-            Delivery.status == DeliveryStatus.QUEUED,
-            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-        ),
-        and_(
-            Delivery.status == DeliveryStatus.SENDING,
-            Delivery.claimed_at <= now - sending_lease(),
-        ),
-    )
     result = session.execute(
         update(Delivery)
-        .where(among(Delivery.id, delivery_ids), claimable)
+        .where(among(Delivery.id, delivery_ids), _claimable(now))
         .values(
             status=DeliveryStatus.SENDING,
             claimed_at=stamp or claim_stamp(now),
@@ -160,6 +163,20 @@ def claim(
     claimed = sorted(result.scalars())
     session.commit()
     return claimed
+
+
+def _claimable(now: dt.datetime) -> ColumnElement[bool]:
+    """Queued and due, or sending under a lease that ran out."""
+    return or_(
+        and_(
+            Delivery.status == DeliveryStatus.QUEUED,
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+        ),
+        and_(
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claimed_at <= now - sending_lease(),
+        ),
+    )
 
 
 class LeaseKeeper:
@@ -597,47 +614,53 @@ def send_batch(
 # A claimed delivery and its reader (NULLs for a deleted one), as `_load_sendable` reads it.
 _Row = tuple[Any, ...]
 
-# `claim` and the first read of `_load_sendable` in one statement: the rows come back
-# with their readers, and only the claimed ones. Run for every batch, so written out
-# rather than built by the ORM, whose statement handling cost more than the query.
-_PG_CLAIM_AND_READ = text(
-    """
-    WITH claimed AS (
-        UPDATE deliveries
-        SET status = 'sending', claimed_at = :stamp, updated_at = :now
-        WHERE id = ANY(CAST(:ids AS integer[]))
-          AND ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= :now))
-               OR (status = 'sending' AND claimed_at <= :stale))
-        RETURNING id, attempts, message_id, digest_id, subscriber_id
-    )
-    SELECT c.id, c.attempts, c.message_id, c.digest_id, s.id, s.email, s.name, s.uid,
-           s.cadence, s.timezone, s.send_hour, s.status, s.send_weekday
-    FROM claimed AS c LEFT JOIN subscribers AS s ON s.id = c.subscriber_id
-    ORDER BY c.id
-    """
-)
-
 
 def _claim_and_read(
     session: Session, delivery_ids: Sequence[int], now: dt.datetime, stamp: dt.datetime
 ) -> list[_Row]:
-    """`claim` on PostgreSQL, returning the rows `_load_sendable` would read next."""
+    """`claim` and the first read of `_load_sendable` in one statement, on PostgreSQL:
+    the claimed rows come back with their readers. A Core UPDATE in a CTE: the ORM's
+    UPDATE, then a second query, cost more than the work itself, for every batch."""
+    claimed = (
+        _DELIVERIES.update()
+        .where(_DELIVERIES.c.id == any_(pg_array(delivery_ids)), _claimable(now))
+        .values(status=DeliveryStatus.SENDING, claimed_at=stamp, updated_at=now)
+        .returning(
+            _DELIVERIES.c.id,
+            _DELIVERIES.c.attempts,
+            _DELIVERIES.c.message_id,
+            _DELIVERIES.c.digest_id,
+            _DELIVERIES.c.subscriber_id,
+        )
+        .cte("claimed")
+    )
     rows = session.execute(
-        _PG_CLAIM_AND_READ,
-        {
-            "ids": array_literal(delivery_ids, quoted=False),
-            "now": now,
-            "stamp": stamp,
-            "stale": now - sending_lease(),
-        },
+        select(
+            claimed.c.id,
+            claimed.c.attempts,
+            claimed.c.message_id,
+            claimed.c.digest_id,
+            *_READER_COLUMNS,
+        )
+        .outerjoin(Subscriber, Subscriber.id == claimed.c.subscriber_id)
+        .order_by(claimed.c.id)
     ).all()
     session.commit()
-    return [
-        (*row[:8], Cadence(row[8]), *row[9:11], SubscriberStatus(row[11]), row[12])
-        if row[4] is not None
-        else tuple(row)
-        for row in rows
-    ]
+    return [tuple(row) for row in rows]
+
+
+# What a send needs of a delivery's reader, after the delivery's own columns.
+_READER_COLUMNS = (
+    Subscriber.id,
+    Subscriber.email,
+    Subscriber.name,
+    Subscriber.uid,
+    Subscriber.cadence,
+    Subscriber.timezone,
+    Subscriber.send_hour,
+    Subscriber.status,
+    Subscriber.send_weekday,
+)
 
 
 def _read_claimed(session: Session, claimed: list[int]) -> list[_Row]:
@@ -649,15 +672,7 @@ def _read_claimed(session: Session, claimed: list[int]) -> list[_Row]:
                 Delivery.attempts,
                 Delivery.message_id,
                 Delivery.digest_id,
-                Subscriber.id,
-                Subscriber.email,
-                Subscriber.name,
-                Subscriber.uid,
-                Subscriber.cadence,
-                Subscriber.timezone,
-                Subscriber.send_hour,
-                Subscriber.status,
-                Subscriber.send_weekday,
+                *_READER_COLUMNS,
             )
             .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
             .where(among(Delivery.id, claimed))

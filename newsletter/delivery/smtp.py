@@ -179,10 +179,10 @@ class _Replies:
     """SMTP replies read straight off the socket, each read parsed for every reply it
     holds: the three answers to a pipelined MAIL, RCPT and DATA come in one packet.
 
-    smtplib's own `getreply` reads line by line through a file object and was a
-    third of a sender's time per message. Raises what `getreply` raises, so callers
-    sort the outcomes the same way; only used between commands smtplib does not
-    send, so its own buffer never holds a reply meant for this one.
+    smtplib's own `getreply` reads line by line through a file object, a read and
+    several Python frames per line. Raises what `getreply` raises, so callers sort
+    the outcomes the same way; only used between commands smtplib does not send, so
+    its own buffer never holds a reply meant for this one.
     """
 
     # Longest reply line accepted (smtplib's limit too).
