@@ -29,6 +29,7 @@ from newsletter.delivery.mime import (
     address_line,
     build_message,
     date_line,
+    dot_lines_doubled,
     header_line,
     layout,
     new_boundary,
@@ -316,14 +317,8 @@ def compile_digest(
         subject=subject,
         text_fields=frozenset(text_fields),
         html_fields=frozenset(html_fields),
-        wire_literals=tuple(_stuffed(literal) for literal in literals),
+        wire_literals=tuple(dot_lines_doubled(literal) for literal in literals),
     )
-
-
-def _stuffed(literal: bytes) -> bytes:
-    """A literal with a dot added to each line that starts with one, its first too."""
-    stuffed = literal.replace(b"\n.", b"\n..")
-    return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
 def _pieces(body: str, prefix: str) -> tuple[list[str | Hole], list[str]]:

@@ -19,19 +19,16 @@ import bisect
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
-    Integer,
     SQLColumnExpression,
     String,
     and_,
-    bindparam,
-    cast,
     delete,
     exists,
     false,
@@ -43,11 +40,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
-from newsletter.db import UTCDateTime, array_literal, session_scope, utcnow
+from newsletter.db import UTCDateTime, pg_array, session_scope, utcnow
 from newsletter.db import among as db_among
 from newsletter.delivery.mime import new_message_id
 from newsletter.models import Delivery, DeliveryPost, DeliveryStatus, Post, post_tags
@@ -72,14 +68,6 @@ ROUNDING = dt.timedelta(hours=1)
 # Posts received at or before a reader's settled_through are settled: one that may
 # still be promised to them keeps the bound this much below its arrival.
 JUST_BEFORE = dt.timedelta(microseconds=1)
-
-
-def pg_array(values: Iterable[int] | Iterable[str], kind: Any = Integer) -> ColumnElement[Any]:
-    """A PostgreSQL array parameter, sent as one array literal: psycopg would adapt a
-    list element by element in Python, which at a million readers costs more than the
-    rest of the planner's own work. Strings are quoted, so any value is safe."""
-    text = array_literal(values, quoted=kind is not Integer)
-    return cast(bindparam(None, text, type_=String), ARRAY(kind))
 
 
 def id_slice(column: SQLColumnExpression[int], ids: Sequence[int]) -> ColumnElement[bool]:

@@ -65,6 +65,13 @@ class OutgoingMessage:
     wire: bytes | None = None
 
 
+def dot_lines_doubled(data: bytes) -> bytes:
+    """`data` with a dot added to each line that starts with one, its first line too:
+    what DATA carries (RFC 5321 section 4.5.2), but for the lone dot that ends it."""
+    doubled = data.replace(b"\n.", b"\n..")
+    return b"." + doubled if doubled.startswith(b".") else doubled
+
+
 @dataclass(frozen=True, slots=True)
 class Hole:
     """A place in a `layout` that each copy fills with bytes it encoded itself."""

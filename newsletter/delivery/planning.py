@@ -54,8 +54,8 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from newsletter.config import get_settings
-from newsletter.db import UTCDateTime, get_engine, session_scope, utcnow
-from newsletter.delivery.ledger import Promise, id_slice, pg_array, write_promises
+from newsletter.db import UTCDateTime, get_engine, pg_array, session_scope, utcnow
+from newsletter.delivery.ledger import Promise, id_slice, write_promises
 from newsletter.delivery.rendering import content_key, render_digest
 from newsletter.models import (
     Cadence,

@@ -49,11 +49,11 @@ from newsletter.db import (
     database_unavailable,
     get_engine,
     get_sessionmaker,
+    pg_array,
     session_scope,
     utcnow,
 )
 from newsletter.delivery.compose import message_for
-from newsletter.delivery.ledger import pg_array
 from newsletter.delivery.mime import OutgoingMessage, Unsendable
 from newsletter.delivery.planning import describe, sending_lease
 from newsletter.delivery.ratelimit import domain_limits, limiter_for, message_limits

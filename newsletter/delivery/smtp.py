@@ -22,7 +22,12 @@ import dkim as dkimpy  # type: ignore[import-untyped]
 from newsletter.config import Settings
 from newsletter.delivery import verp
 from newsletter.delivery.dkim import Signer, signer_for
-from newsletter.delivery.mime import OutgoingMessage, Unsendable, wire_address
+from newsletter.delivery.mime import (
+    OutgoingMessage,
+    Unsendable,
+    dot_lines_doubled,
+    wire_address,
+)
 from newsletter.errors import InvalidInput
 from newsletter.redaction import redact_url
 from newsletter.urls import split_url
@@ -151,9 +156,7 @@ def _data_parts(payload: bytes, wire: bytes | None = None) -> tuple[bytes, bytes
     if wire is not None:
         payload = wire
     elif payload.startswith(b".") or _DOT_LINE.search(payload):
-        payload = payload.replace(b"\n.", b"\n..")
-        if payload.startswith(b"."):
-            payload = b"." + payload
+        payload = dot_lines_doubled(payload)
     return payload, b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n"
 
 
