@@ -459,6 +459,11 @@ class OutcomeWriter:
             self._unrecorded += 1
             return True
 
+    def accepting(self) -> bool:
+        """Whether new messages may go: outcomes are being written."""
+        with self._lock:
+            return self.error is None and not self._troubled
+
     def unreserve(self) -> None:
         """Give back a place whose message was never sent."""
         with self._lock:
@@ -834,6 +839,14 @@ def _connection_loop(
     ready: _Ready | None = None
     try:
         while True:
+            if ready is not None and not writer.accepting():
+                # Taken ahead, then the outcome writes began to fail: nothing new goes
+                # out until they land. Dropping the session discards an envelope
+                # already sent for it (the server never saw the message's end).
+                connection.drop()
+                work.appendleft(ready.delivery)
+                writer.unreserve()
+                ready = None
             if ready is None:
                 try:
                     ready = _take(work, writer, keeper, settings, report, wait=True)
