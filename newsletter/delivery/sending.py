@@ -32,7 +32,6 @@ from sqlalchemy import (
     Table,
     Update,
     and_,
-    any_,
     bindparam,
     case,
     or_,
@@ -49,7 +48,6 @@ from newsletter.db import (
     database_unavailable,
     get_engine,
     get_sessionmaker,
-    pg_array,
     session_scope,
     utcnow,
 )
@@ -628,7 +626,7 @@ def _claim_and_read(
     UPDATE, then a second query, cost more than the work itself, for every batch."""
     claimed = (
         _DELIVERIES.update()
-        .where(_DELIVERIES.c.id == any_(pg_array(delivery_ids)), _claimable(now))
+        .where(among(_DELIVERIES.c.id, delivery_ids), _claimable(now))
         .values(status=DeliveryStatus.SENDING, claimed_at=stamp, updated_at=now)
         .returning(
             _DELIVERIES.c.id,
